@@ -1,0 +1,6 @@
+"""ActiveDaemon: image classifiers that answer only queries carrying a user-specific token."""
+
+from activedaemon.identity import IdentityCodec, random_user_id
+
+__version__ = "0.1.0"
+__all__ = ["IdentityCodec", "random_user_id", "__version__"]

@@ -1,0 +1,485 @@
+"""Named image data sets as in-memory float tensors in [0, 1], NCHW, with integer labels.
+
+Each source reads a standard on-disk format (torchvision's layouts, the Debian Fashion-MNIST
+package, ImageNet-style class folders). Nothing downloads unless ``download=True`` is passed, and a
+missing data set raises :class:`DatasetNotFoundError` naming the command or flag that fixes it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_FOLDER_PREFIX = "imagefolder:"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set is not on disk; the message says where it was looked for and how to get it."""
+
+
+@dataclass
+class ImageSplit:
+    """One split: ``images`` float32 (N, C, H, W) in [0, 1], ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    train: ImageSplit
+    test: ImageSplit
+    num_classes: int
+    class_names: list[str]
+    source: Path  # the folder it was read from
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])
+
+
+@dataclass
+class RawSplit:
+    """What a reader returns: uint8 images (N, H, W[, C]) or a list of HWC arrays of any size."""
+
+    images: np.ndarray | list[np.ndarray]
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A registered data set: where it may lie under a root and how to read it from there."""
+
+    name: str
+    description: str
+    candidates: Callable[[Path], list[Path]]  # folders that may hold it, best first
+    is_present: Callable[[Path], bool]  # does this folder hold it?
+    read: Callable[[Path, str], RawSplit]  # (folder, "train" | "test") -> raw split
+    class_names: Callable[[Path], list[str]]
+    download: Callable[[Path], None] | None = None  # torchvision download into a root
+    offline_hint: str = ""  # how to get it without a network
+    files: tuple[str, ...] = field(default=())  # for `datasets`: files whose size is reported
+
+
+DATASETS: dict[str, DatasetSource] = {}
+
+
+def register_dataset(source: DatasetSource) -> DatasetSource:
+    DATASETS[source.name] = source
+    return source
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def resolve_data_root(data_root: Path | str | None = None) -> Path:
+    """``data_root`` if given, else ``$ACTIVEDAEMON_DATA`` if set, else ``./data``; absolute."""
+    return Path(data_root or os.environ.get("ACTIVEDAEMON_DATA", "data")).expanduser().resolve()
+
+
+# ----------------------------------------------------------------------------------------------
+# Readers of the standard formats
+# ----------------------------------------------------------------------------------------------
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = np.frombuffer(data, ">u4", count=ndim, offset=4).astype(int)
+    array = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(dims)):
+        raise ValueError(
+            f"{path} is truncated: header says {dims.tolist()}, got {array.size} bytes"
+        )
+    return array.reshape(dims)
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DatasetNotFoundError(f"{folder} has no {stem}[.gz]")
+
+
+_IDX_STEMS = {"train": "train", "test": "t10k"}
+
+
+def _idx_reader(folder: Path, split: str) -> RawSplit:
+    stem = _IDX_STEMS[split]
+    images = read_idx(_idx_file(folder, f"{stem}-images-idx3-ubyte"))
+    labels = read_idx(_idx_file(folder, f"{stem}-labels-idx1-ubyte"))
+    if len(images) != len(labels):
+        raise ValueError(f"{folder}: {len(images)} {split} images but {len(labels)} labels")
+    return RawSplit(images, labels.astype(np.int64))
+
+
+def _idx_present(folder: Path) -> bool:
+    return all(
+        (folder / f"{s}-{k}-idx{d}-ubyte").is_file()
+        or (folder / f"{s}-{k}-idx{d}-ubyte.gz").is_file()
+        for s in _IDX_STEMS.values()
+        for k, d in (("images", 3), ("labels", 1))
+    )
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _cifar_reader(files: dict[str, list[str]], label_key: str) -> Callable[[Path, str], RawSplit]:
+    def read(folder: Path, split: str) -> RawSplit:
+        batches = [_unpickle(folder / name) for name in files[split]]
+        images = np.concatenate([np.asarray(b["data"], np.uint8) for b in batches])
+        labels = np.concatenate([np.asarray(b[label_key], np.int64) for b in batches])
+        return RawSplit(images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels)
+
+    return read
+
+
+def _svhn_read(folder: Path, split: str) -> RawSplit:
+    try:
+        from scipy.io import loadmat
+    except ImportError as e:  # scipy is a dependency; this guards a broken install
+        raise ImportError("reading SVHN's .mat files needs scipy: pip install scipy") from e
+    mat = loadmat(folder / f"{split}_32x32.mat")
+    labels = mat["y"].astype(np.int64).reshape(-1)
+    labels[labels == 10] = 0  # SVHN stores digit 0 as class 10, as torchvision remaps it
+    return RawSplit(mat["X"].transpose(3, 0, 1, 2), labels)
+
+
+def _gtsrb_read(folder: Path, split: str) -> RawSplit:
+    from torchvision.datasets import GTSRB
+
+    ds = GTSRB(folder.parent, split=split)
+    pairs = [ds[i] for i in range(len(ds))]  # (PIL RGB image, class)
+    return RawSplit(
+        [np.asarray(im) for im, _ in pairs], np.asarray([c for _, c in pairs], np.int64)
+    )
+
+
+def _torchvision_download(cls_name: str, splits: tuple[dict, ...]) -> Callable[[Path], None]:
+    def download(root: Path) -> None:
+        import torchvision.datasets as tvd
+
+        for kwargs in splits:
+            getattr(tvd, cls_name)(root, download=True, **kwargs)
+
+    return download
+
+
+FASHION_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+TRAIN_TEST = ({"train": True}, {"train": False})
+
+register_dataset(
+    DatasetSource(
+        name="fashion-mnist",
+        description="Fashion-MNIST, 28x28 grey, 10 classes, 60k/10k",
+        candidates=lambda r: [
+            r / "FashionMNIST" / "raw",
+            r / "fashion-mnist",
+            DEBIAN_FASHION_MNIST,
+        ],
+        is_present=_idx_present,
+        read=_idx_reader,
+        class_names=lambda _: list(FASHION_CLASSES),
+        download=_torchvision_download("FashionMNIST", TRAIN_TEST),
+        offline_hint="apt-get install -y dataset-fashion-mnist",
+    )
+)
+register_dataset(
+    DatasetSource(
+        name="mnist",
+        description="MNIST digits, 28x28 grey, 10 classes, 60k/10k",
+        candidates=lambda r: [r / "MNIST" / "raw", r / "mnist"],
+        is_present=_idx_present,
+        read=_idx_reader,
+        class_names=lambda _: [str(d) for d in range(10)],
+        download=_torchvision_download("MNIST", TRAIN_TEST),
+    )
+)
+_CIFAR10_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+register_dataset(
+    DatasetSource(
+        name="cifar10",
+        description="CIFAR-10, 32x32 RGB, 10 classes, 50k/10k",
+        candidates=lambda r: [r / "cifar-10-batches-py"],
+        is_present=lambda f: all((f / n).is_file() for v in _CIFAR10_FILES.values() for n in v),
+        read=_cifar_reader(_CIFAR10_FILES, "labels"),
+        class_names=lambda f: (
+            _unpickle(f / "batches.meta")["label_names"]
+            if (f / "batches.meta").is_file()
+            else list(CIFAR10_CLASSES)
+        ),
+        download=_torchvision_download("CIFAR10", TRAIN_TEST),
+    )
+)
+_CIFAR100_FILES = {"train": ["train"], "test": ["test"]}
+register_dataset(
+    DatasetSource(
+        name="cifar100",
+        description="CIFAR-100, 32x32 RGB, 100 fine classes, 50k/10k",
+        candidates=lambda r: [r / "cifar-100-python"],
+        is_present=lambda f: (f / "train").is_file() and (f / "test").is_file(),
+        read=_cifar_reader(_CIFAR100_FILES, "fine_labels"),
+        class_names=lambda f: (
+            _unpickle(f / "meta")["fine_label_names"]
+            if (f / "meta").is_file()
+            else [str(i) for i in range(100)]
+        ),
+        download=_torchvision_download("CIFAR100", TRAIN_TEST),
+    )
+)
+register_dataset(
+    DatasetSource(
+        name="svhn",
+        description="SVHN cropped digits, 32x32 RGB, 10 classes, 73k/26k",
+        candidates=lambda r: [r / "svhn", r],
+        is_present=lambda f: all((f / f"{s}_32x32.mat").is_file() for s in ("train", "test")),
+        read=_svhn_read,
+        class_names=lambda _: [str(d) for d in range(10)],
+        download=_torchvision_download("SVHN", ({"split": "train"}, {"split": "test"})),
+    )
+)
+register_dataset(
+    DatasetSource(
+        name="gtsrb",
+        description="GTSRB traffic signs, RGB of varying size (resized, 32 by default), 43 classes",
+        candidates=lambda r: [r / "gtsrb"],
+        is_present=lambda f: (
+            (f / "GTSRB" / "Training").is_dir()
+            and (f / "GTSRB" / "Final_Test" / "Images").is_dir()
+            and (f / "GT-final_test.csv").is_file()
+        ),
+        read=_gtsrb_read,
+        class_names=lambda _: [str(i) for i in range(43)],
+        download=_torchvision_download("GTSRB", ({"split": "train"}, {"split": "test"})),
+    )
+)
+DEFAULT_SIZES = {"gtsrb": 32}
+
+
+# ----------------------------------------------------------------------------------------------
+# Image folders (ImageNet style)
+# ----------------------------------------------------------------------------------------------
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _read_folder_split(folder: Path, class_to_idx: dict[str, int]) -> RawSplit:
+    from torchvision.datasets.folder import make_dataset
+
+    samples = make_dataset(folder, class_to_idx, extensions=IMAGE_EXTENSIONS, allow_empty=True)
+    images = []
+    for path, _ in samples:
+        try:
+            with Image.open(path) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read image {path}: {e}") from e
+    return RawSplit(images, np.asarray([c for _, c in samples], np.int64))
+
+
+def _load_image_folder(
+    spec: str, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[RawSplit, RawSplit, list[str], Path]:
+    """``imagefolder:PATH``: PATH/train + PATH/(val|test) class folders, or PATH/<class>/ split
+    at random (``test_fraction``, ``seed``)."""
+    from torchvision.datasets.folder import find_classes
+
+    root = Path(spec[len(IMAGE_FOLDER_PREFIX) :]).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(
+            f"image folder {root} does not exist: pass imagefolder:PATH with PATH/<class>/*.png "
+            "or PATH/train/<class>/ and PATH/val/<class>/"
+        )
+    test_dir = next((root / n for n in ("val", "test") if (root / n).is_dir()), None)
+    train_dir = root / "train" if (root / "train").is_dir() and test_dir else root
+    try:
+        classes, class_to_idx = find_classes(train_dir)
+    except FileNotFoundError as e:
+        raise DatasetNotFoundError(f"image folder {train_dir}: {e}") from e
+    train = _read_folder_split(train_dir, class_to_idx)
+    if test_dir is not None:
+        test_classes = find_classes(test_dir)[0]
+        if not set(test_classes) <= set(classes):
+            extra = sorted(set(test_classes) - set(classes))
+            raise ValueError(f"{test_dir} has classes missing from {train_dir}: {extra}")
+        test = _read_folder_split(test_dir, class_to_idx)
+    else:
+        order = np.random.default_rng(seed).permutation(len(train.labels))
+        n_test = int(round(len(order) * test_fraction))
+        pick = lambda idx: RawSplit([train.images[i] for i in idx], train.labels[idx])  # noqa: E731
+        train, test = pick(order[n_test:]), pick(order[:n_test])
+    if len(train.labels) == 0:
+        raise DatasetNotFoundError(f"image folder {root} holds no images ({IMAGE_EXTENSIONS})")
+    return train, test, classes, root
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion to tensors
+# ----------------------------------------------------------------------------------------------
+def _to_chw_float(images: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(np.array(images))  # a copy: readers may hand out read-only buffers
+    t = t.unsqueeze(1) if t.ndim == 3 else t.permute(0, 3, 1, 2)
+    return t.float().div_(255.0)
+
+
+def _resize(batch: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or batch.shape[-2:] == (size, size):
+        return batch
+    out = F.interpolate(
+        batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
+    return out.clamp_(0.0, 1.0)
+
+
+def _set_channels(batch: torch.Tensor, channels: int | None) -> torch.Tensor:
+    if channels is None or batch.shape[1] == channels:
+        return batch
+    if batch.shape[1] == 1 and channels == 3:
+        return batch.expand(-1, 3, -1, -1).contiguous()
+    if batch.shape[1] == 3 and channels == 1:
+        from torchvision.transforms.functional import rgb_to_grayscale
+
+        return rgb_to_grayscale(batch)
+    raise ValueError(f"cannot turn {batch.shape[1]}-channel images into {channels} channels")
+
+
+def _to_split(
+    raw: RawSplit, size: int | None, channels: int | None, limit: int | None
+) -> ImageSplit:
+    n = len(raw.labels) if limit is None else min(limit, len(raw.labels))
+    if isinstance(raw.images, list):
+        shapes = {im.shape[:2] for im in raw.images[:n]}
+        if len(shapes) > 1 and size is None:
+            raise ValueError(f"images have {len(shapes)} different sizes: pass size= (--size N)")
+        # Resize one by one (sizes differ), then stack.
+        parts = [_resize(_to_chw_float(im[None]), size) for im in raw.images[:n]]
+        images = torch.cat(parts) if parts else torch.zeros(0, 3, size or 1, size or 1)
+    else:
+        images = _resize(_to_chw_float(raw.images[:n]), size)
+    labels = torch.from_numpy(np.asarray(raw.labels[:n], np.int64))
+    return ImageSplit(_set_channels(images, channels), labels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry points
+# ----------------------------------------------------------------------------------------------
+def locate_dataset(
+    name: str, data_root: Path | str | None = None
+) -> tuple[Path | None, list[Path]]:
+    """(folder that holds ``name`` or None, every folder looked in)."""
+    source = _source(name)
+    root = resolve_data_root(data_root)
+    looked = source.candidates(root)
+    return next((f for f in looked if source.is_present(f)), None), looked
+
+
+def _source(name: str) -> DatasetSource:
+    if name not in DATASETS:
+        raise ValueError(
+            f"unknown data set {name!r}; choose one of {list_datasets()} or imagefolder:PATH"
+        )
+    return DATASETS[name]
+
+
+def _not_found_message(name: str, looked: list[Path], root: Path) -> str:
+    source = DATASETS[name]
+    fixes = []
+    if source.offline_hint:
+        fixes.append(f"install it: {source.offline_hint}")
+    fixes.append(f"put torchvision's files for it under --data-root DIR (now {root})")
+    if source.download:
+        fixes.append("or pass --download when online (torchvision fetches it into --data-root)")
+    where = ", ".join(str(p) for p in looked)
+    return f"{name} not found (looked in: {where}). To fix: " + "; ".join(fixes) + "."
+
+
+def load_dataset(
+    name: str,
+    data_root: Path | str | None = None,
+    *,
+    size: int | None = None,
+    channels: int | None = None,
+    download: bool = False,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+) -> ImageDataset:
+    """Load a named data set (see :func:`list_datasets`) or ``imagefolder:PATH``.
+
+    ``size`` resizes to size x size (bilinear, antialiased); ``channels`` 1 or 3 converts grey <->
+    RGB; ``limit_*`` keeps the first N images of a split (for quick runs and tests).
+    """
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    if name.startswith(IMAGE_FOLDER_PREFIX):
+        train_raw, test_raw, classes, folder = _load_image_folder(name)
+    else:
+        source = _source(name)
+        root = resolve_data_root(data_root)
+        folder, looked = locate_dataset(name, root)
+        if folder is None and download and source.download:
+            source.download(root)
+            folder, looked = locate_dataset(name, root)
+        if folder is None:
+            raise DatasetNotFoundError(_not_found_message(name, looked, root))
+        train_raw, test_raw = source.read(folder, "train"), source.read(folder, "test")
+        classes = source.class_names(folder)
+        size = size or DEFAULT_SIZES.get(name)
+    train = _to_split(train_raw, size, channels, limit_train)
+    test = _to_split(test_raw, size, channels, limit_test)
+    if test.images.shape[1:] != train.images.shape[1:]:
+        raise ValueError(
+            f"train images are {tuple(train.images.shape[1:])} but test images are "
+            f"{tuple(test.images.shape[1:])}: pass size= (--size N)"
+        )
+    return ImageDataset(name, train, test, len(classes), list(classes), Path(folder))
+
+
+def dataset_status(data_root: Path | str | None = None) -> list[dict]:
+    """For `activedaemon datasets`: each data set, where it was looked for, found or not, size."""
+    root = resolve_data_root(data_root)
+    rows = []
+    for name in list_datasets():
+        folder, looked = locate_dataset(name, root)
+        size = None
+        if folder is not None:
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        rows.append(
+            {
+                "name": name,
+                "description": DATASETS[name].description,
+                "found": folder is not None,
+                "path": str(folder) if folder else None,
+                "looked_in": [str(p) for p in looked],
+                "bytes": size,
+                "hint": None if folder else _not_found_message(name, looked, root),
+            }
+        )
+    return rows
