@@ -1,0 +1,47 @@
+"""Image files <-> float tensors in [0, 1], (C, H, W), with clear errors for bad files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+
+def read_image(
+    source: str | Path | bytes, channels: int, size: int | None = None, resize: bool = False
+) -> torch.Tensor:
+    """Read a PNG / JPEG / ... as a (channels, H, W) float tensor in [0, 1].
+
+    With ``size``, the image must be size x size unless ``resize`` is set (bilinear resize).
+    """
+    name = "upload" if isinstance(source, bytes) else str(source)
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im.load()
+            im = im.convert("L" if channels == 1 else "RGB")
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{name} is not a readable image: {e}") from e
+    if size is not None and im.size != (size, size):
+        if not resize:
+            raise ValueError(
+                f"{name} is {im.size[0]}x{im.size[1]}; the encoder works at {size}x{size} "
+                "(pass --resize to resize it)"
+            )
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    array = np.asarray(im, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+
+def write_png(image: torch.Tensor, path: str | Path) -> Path:
+    """Write a (C, H, W) tensor in [0, 1] as an 8-bit PNG (lossless, so tokens survive)."""
+    array = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)
+    return path

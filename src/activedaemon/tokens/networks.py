@@ -1,0 +1,134 @@
+"""Token generator networks (paper Sec. III-B1): U-Net encoder, bit decoder, WGAN critic.
+
+All take images in [0, 1], NCHW, of any size that is a multiple of 4 (28, 32, 64, 224...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from activedaemon.identity import CODE_BITS
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Architecture arguments, stored in a checkpoint's card."""
+
+    image_size: int = 32
+    channels: int = 3
+    base: int = 16  # encoder width at full resolution
+    secret_channels: int = 8  # channels of the low-resolution secret map
+    decoder_width: int = 32
+    decoder_hidden: int = 512
+
+    def __post_init__(self) -> None:
+        if self.image_size < 8 or self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 and >= 8, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    # BatchNorm matters: without it the bit accuracy of this family stalls (REFERENCE.md).
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Up(nn.Module):
+    """2x2 stride-2 up-convolution, concatenation with the skip, then a 3x3 conv."""
+
+    def __init__(self, c_in: int, c_skip: int, c_out: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(c_in, c_out, 2, stride=2)
+        self.conv = conv_bn(c_out + c_skip, c_out)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
+
+
+class Encoder(nn.Module):
+    """G_e(x, s): image and 127-bit codeword -> residual (the token), same shape as the image.
+
+    The codeword goes through a dense layer to a (secret_channels, S/4, S/4) map that is upsampled
+    to the image size and concatenated with the image, as in the paper.
+    """
+
+    def __init__(self, cfg: ArchConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        low = cfg.image_size // 4
+        b, cs = cfg.base, cfg.secret_channels
+        self.secret_dense = nn.Linear(CODE_BITS, cs * low * low)
+        self.secret_up = nn.Upsample(scale_factor=4, mode="nearest")
+        self.inc = nn.Sequential(conv_bn(cfg.channels + cs, b), conv_bn(b, b))
+        self.down1 = nn.Sequential(conv_bn(b, 2 * b, stride=2), conv_bn(2 * b, 2 * b))
+        self.down2 = nn.Sequential(conv_bn(2 * b, 4 * b, stride=2), conv_bn(4 * b, 4 * b))
+        self.up1 = Up(4 * b, 2 * b, 2 * b)
+        self.up2 = Up(2 * b, b, b)
+        self.out = nn.Conv2d(b + cfg.channels, cfg.channels, 1)
+
+    def forward(self, images: torch.Tensor, codewords: torch.Tensor) -> torch.Tensor:
+        low = self.cfg.image_size // 4
+        secret = self.secret_dense(codewords - 0.5).view(-1, self.cfg.secret_channels, low, low)
+        x = images - 0.5
+        x1 = self.inc(torch.cat([x, self.secret_up(secret)], dim=1))
+        x2 = self.down1(x1)
+        x3 = self.down2(x2)
+        y = self.up2(self.up1(x3, x2), x1)
+        return self.out(torch.cat([y, x], dim=1))
+
+
+class Decoder(nn.Module):
+    """Image -> 127 logits (sigmoid gives bit probabilities)."""
+
+    def __init__(self, cfg: ArchConfig) -> None:
+        super().__init__()
+        w = cfg.decoder_width
+        self.features = nn.Sequential(
+            conv_bn(cfg.channels, w),
+            conv_bn(w, w, stride=2),
+            conv_bn(w, 2 * w),
+            conv_bn(2 * w, 2 * w, stride=2),
+            conv_bn(2 * w, 2 * w),
+            conv_bn(2 * w, 2 * w, stride=2),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(2 * w * 16, cfg.decoder_hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(cfg.decoder_hidden, CODE_BITS),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images - 0.5))
+
+
+class Critic(nn.Module):
+    """WGAN critic: image -> unbounded score (higher = looks more like a clean image)."""
+
+    def __init__(self, cfg: ArchConfig, width: int = 16) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.channels, width, 3, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(width, 2 * width, 3, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(2 * width, 4 * width, 3, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(4 * width, 1, 3, 1, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images - 0.5).squeeze(1)

@@ -1,0 +1,146 @@
+"""Token generator: networks, a few-second training on a handful of real images, save/load, CLI."""
+
+import pytest
+import torch
+
+from activedaemon.cli import main
+from activedaemon.data import load_dataset
+from activedaemon.imageio import read_image, write_png
+from activedaemon.metrics import image_quality, ssim, ssim_fast
+from activedaemon.tokens import ArchConfig, Critic, Decoder, Encoder, TokenGenerator
+from activedaemon.tokens.noise import NoiseLayer, quantize_8bit
+from activedaemon.tokens.train import PRESETS, EncoderTrainConfig, train_encoder
+
+QUICK = {**PRESETS["tiny"], "steps": 500, "limit_test": 32}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("enc")
+    gen = train_encoder(EncoderTrainConfig.from_dict(QUICK), out, progress=False)
+    return gen, out
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    return load_dataset("fashion-mnist", size=32, channels=3, limit_train=0, limit_test=32).test.images
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (32, 3), (64, 3)])
+def test_networks_shapes(size, channels):
+    cfg = ArchConfig(image_size=size, channels=channels, base=8, decoder_width=8)
+    x, s = torch.rand(2, channels, size, size), torch.randint(0, 2, (2, 127)).float()
+    residual = Encoder(cfg)(x, s)
+    assert residual.shape == x.shape
+    assert Decoder(cfg)(x + residual).shape == (2, 127)
+    assert Critic(cfg)(x).shape == (2,)
+
+
+def test_bad_architecture():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        ArchConfig(image_size=30)
+    with pytest.raises(ValueError, match="channels"):
+        ArchConfig(channels=2)
+
+
+def test_noise_layer_is_8bit_and_passes_gradients():
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    y = NoiseLayer()(x)
+    assert y.min() >= 0 and y.max() <= 1
+    assert torch.allclose(y * 255, (y * 255).round(), atol=1e-4)
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert torch.equal(quantize_8bit(torch.tensor([0.5, 1.7, -0.2])), torch.tensor([128 / 255, 1, 0]))
+
+
+def test_fast_ssim_matches_torchmetrics():
+    x = torch.rand(4, 3, 32, 32)
+    for sigma in (0.01, 0.05, 0.2):
+        y = (x + sigma * torch.randn_like(x)).clamp(0, 1)
+        assert abs(ssim(y, x).item() - ssim_fast(y, x).item()) < 1e-3
+
+
+def test_image_quality_of_identical_images():
+    x = torch.rand(3, 3, 32, 32)
+    q = image_quality(x, x)
+    assert q["psnr"] == 100 and q["ssim"] == pytest.approx(1.0) and q["ergas"] == pytest.approx(0)
+    # LPIPS is either a real number or None with the reason, never a placeholder.
+    assert (q["lpips"] is None) == bool(q["lpips_reason"])
+
+
+def test_quick_training_reaches_decodable_ids(trained, test_images):
+    gen, out = trained
+    ids = ["SRJu2W7V", ";t9om.Rs"] * 16
+    authorized = gen.embed(test_images, ids)
+    assert authorized.shape == test_images.shape
+    assert torch.equal(authorized, (authorized * 255).round() / 255)  # 8-bit
+    decoded = gen.identify(authorized)
+    exact = sum(d == u for d, u in zip(decoded, ids, strict=True)) / len(ids)
+    assert exact >= 0.9, f"only {exact:.0%} of ids decoded after the quick training"
+    assert sum(u is not None for u in gen.identify(test_images)) <= 1  # clean images: no id
+    for name in ("config.yaml", "run.json", "metrics.json", "card.yaml", "weights.pt", "samples.png"):
+        assert (out / name).is_file(), name
+
+
+def test_tokens_are_image_and_id_dependent(trained, test_images):
+    gen, _ = trained
+    t_a = gen.token(test_images[:2], "SRJu2W7V")
+    t_b = gen.token(test_images[:2], "A1b2C3d4")
+    assert not torch.equal(t_a[0], t_a[1])  # one id, two images
+    assert not torch.equal(t_a[0], t_b[0])  # one image, two ids
+
+
+def test_save_load_identical_outputs(trained, test_images, tmp_path):
+    gen, out = trained
+    loaded = TokenGenerator.load(out)
+    assert torch.equal(loaded.embed(test_images, "SRJu2W7V"), gen.embed(test_images, "SRJu2W7V"))
+    gen.save(tmp_path / "copy")
+    again = TokenGenerator.load(tmp_path / "copy")
+    assert torch.equal(again.decode_probs(test_images), gen.decode_probs(test_images))
+    assert loaded.card["metrics"]["exact_id_rate"] >= 0
+
+
+def test_bad_inputs(trained, test_images, tmp_path):
+    gen, _ = trained
+    with pytest.raises(ValueError, match="shape"):
+        gen.embed(test_images[:, :1], "SRJu2W7V")
+    with pytest.raises(ValueError, match="shape"):
+        gen.identify(test_images[0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        gen.embed(test_images * 2, "SRJu2W7V")
+    with pytest.raises(ValueError, match="dtype"):
+        gen.identify((test_images * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="3 user ids for 32 images"):
+        gen.embed(test_images, ["SRJu2W7V"] * 3)
+    with pytest.raises(ValueError, match="exactly 8"):
+        gen.embed(test_images, "short")
+    with pytest.raises(FileNotFoundError, match="train-encoder"):
+        TokenGenerator.load(tmp_path / "missing")
+    with pytest.raises(ValueError, match="unknown encoder training options"):
+        EncoderTrainConfig.from_dict({"stepz": 3})
+
+
+def test_cli_token_then_identify(trained, test_images, tmp_path, capsys):
+    _, out = trained
+    clean = [write_png(im, tmp_path / "clean" / f"{i}.png") for i, im in enumerate(test_images[:4])]
+    assert main(["token", *map(str, clean), "--encoder", str(out), "--user-id", "SRJu2W7V",
+                 "--out", str(tmp_path / "auth")]) == 0  # fmt: skip
+    authorized = sorted((tmp_path / "auth").glob("*.png"))
+    assert len(authorized) == 4
+    assert read_image(authorized[0], channels=3).shape == (3, 32, 32)
+    capsys.readouterr()
+    assert main(["identify", *map(str, authorized), *map(str, clean), "--encoder", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    read = [line.split("\t")[1] for line in lines]
+    assert read[:4].count("SRJu2W7V") >= 3 and read[4:].count("none") >= 3
+
+
+def test_cli_rejects_bad_image_files(trained, tmp_path, capsys):
+    _, out = trained
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    big = write_png(torch.rand(3, 40, 40), tmp_path / "big.png")
+    assert main(["identify", str(tmp_path / "bad.png"), "--encoder", str(out)]) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    assert main(["identify", str(big), "--encoder", str(out)]) == 2
+    assert "--resize" in capsys.readouterr().err
+    assert main(["identify", str(big), "--encoder", str(out), "--resize"]) == 0
