@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", choices=["cpu", "cpu-grey28", "tiny", "gpu-paper"])
     p.add_argument("--dataset", help="data set name or imagefolder:PATH (default fashion-mnist)")
     p.add_argument("--data-root", help="folder of data sets (see `activedaemon datasets`)")
-    p.add_argument("--steps", type=int, help="training steps (preset cpu: 3000)")
+    p.add_argument("--steps", type=int, help="training steps (preset cpu: 4200)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int, help="random seed (default 0), recorded in run.json")
     p.add_argument("--image-size", type=int, help="square image size, a multiple of 4")

