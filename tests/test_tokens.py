@@ -70,6 +70,18 @@ def test_noise_layer_is_8bit_and_passes_gradients():
     )
 
 
+def test_jpeg_noise_is_real_jpeg_with_straight_through_gradient():
+    from activedaemon.tokens.noise import NoiseConfig, jpeg_straight_through
+
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    y = jpeg_straight_through(x, quality=30)
+    assert (y - x).abs().mean() > 0.01  # JPEG at quality 30 changes random pixels a lot
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    noisy = NoiseLayer(NoiseConfig(jpeg_quality=30, p_jpeg=1.0))(x.detach())
+    assert noisy.shape == x.shape
+
+
 def test_fast_ssim_matches_torchmetrics():
     x = torch.rand(4, 3, 32, 32)
     for sigma in (0.01, 0.05, 0.2):
@@ -186,3 +198,18 @@ def test_shipped_encoder_decodes_unseen_ids(capsys, tmp_path):
     assert metrics["exact_id_rate"] >= 99.0
     assert metrics["clean_identified_rate"] == 0.0
     assert metrics["psnr"] > 30
+
+
+def test_cli_train_encoder_with_overrides(tmp_path, capsys):
+    import yaml
+
+    out = tmp_path / "run"
+    argv = ["train-encoder", "--preset", "tiny", "--steps", "20", "--limit-train", "64", "-q",
+            "--set", "noise.gaussian_sigma=0.01", "--set", "limit_test=16", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["noise"]["gaussian_sigma"] == 0.01 and config["noise"]["brightness"] == 0.03
+    assert config["steps"] == 20 and config["seed"] == 0
+    assert "exact-id rate" in capsys.readouterr().out
+    assert main(["train-encoder", "--preset", "huge", "--out", str(out)]) == 2
+    assert main(["train-encoder", "--set", "nokey", "--out", str(out)]) == 2

@@ -65,18 +65,24 @@ def _cmd_id_decode(args: argparse.Namespace) -> int:
 def _parse_overrides(pairs: list[str]) -> dict:
     import yaml
 
-    values = {}
+    values: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        values[key.strip()] = yaml.safe_load(value)
+        *parents, leaf = key.strip().split(".")  # noise.gaussian_sigma=0.01 sets a nested option
+        target = values
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(value)
     return values
 
 
 def _cmd_train_encoder(args: argparse.Namespace) -> int:
     from activedaemon.tokens.train import PRESETS, EncoderTrainConfig, train_encoder
 
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
     values = dict(PRESETS[args.preset])
     flags = {
         "dataset": args.dataset,
@@ -243,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "EncoderTrainConfig can be set with --set KEY=VALUE.",
     )
     p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument("--preset", default="cpu", choices=["cpu", "cpu-grey28", "tiny", "gpu-paper"])
+    p.add_argument("--preset", default="cpu", help="cpu (default), cpu-grey28, tiny, gpu-paper")
     p.add_argument("--dataset", help="data set name or imagefolder:PATH (default fashion-mnist)")
     p.add_argument("--data-root", help="folder of data sets (see `activedaemon datasets`)")
     p.add_argument("--steps", type=int, help="training steps (preset cpu: 4200)")
@@ -257,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other option, e.g. --set w_mismatch=1.0 --set critic=false",
+        help="any other option, e.g. --set w_mismatch=1.0 --set noise.jpeg_quality=75",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train_encoder)

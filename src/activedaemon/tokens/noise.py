@@ -5,9 +5,12 @@ Its own module (as in VideoSeal) so that training and evaluation can swap or dis
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 
@@ -18,13 +21,17 @@ def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
 
 
 def jpeg_straight_through(images: torch.Tensor, quality: int) -> torch.Tensor:
-    """Real JPEG compression (torchvision) in the forward pass, identity gradient backward."""
-    from torchvision.io import decode_jpeg, encode_jpeg
-
-    u8 = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    decoded = torch.stack([decode_jpeg(encode_jpeg(im, quality=quality)) for im in u8])
-    out = decoded.to(images.device, images.dtype) / 255
-    return images + (out - images).detach()
+    """Real JPEG compression (Pillow) in the forward pass, identity gradient backward."""
+    u8 = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    decoded = []
+    for array in u8.numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(
+            buffer, format="JPEG", quality=quality
+        )
+        decoded.append(np.asarray(Image.open(buffer)).reshape(array.shape))
+    out = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).to(images.device, images.dtype)
+    return images + (out / 255 - images).detach()
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ PRESETS: dict[str, dict] = {
     # Fashion-MNIST at 32x32x3 on a 2-core CPU: about 6 minutes.
     "cpu": {},
     # One grey channel at the native 28x28: 784 values for 127 bits; a lower accuracy target.
-    "cpu-grey28": {"image_size": 28, "channels": 1, "target_bit_acc": 0.98},
+    "cpu-grey28": {"image_size": 28, "channels": 1, "target_bit_acc": 0.94},
     # Seconds, for tests and smoke runs: ids decode, but the image losses barely start (visible).
     "tiny": {
         "limit_train": 256,
