@@ -205,7 +205,8 @@ def test_cli_train_encoder_with_overrides(tmp_path, capsys):
 
     out = tmp_path / "run"
     argv = ["train-encoder", "--preset", "tiny", "--steps", "20", "--limit-train", "64", "-q",
-            "--set", "noise.gaussian_sigma=0.01", "--set", "limit_test=16", "--out", str(out)]  # fmt: skip
+            "--set", "noise.gaussian_sigma=0.01", "--set", "limit_test=16",
+            "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["noise"]["gaussian_sigma"] == 0.01 and config["noise"]["brightness"] == 0.03
