@@ -9,16 +9,14 @@ from activedaemon.imageio import read_image, write_png
 from activedaemon.metrics import image_quality, ssim, ssim_fast
 from activedaemon.tokens import ArchConfig, Critic, Decoder, Encoder, TokenGenerator
 from activedaemon.tokens.noise import NoiseLayer, quantize_8bit
-from activedaemon.tokens.train import PRESETS, EncoderTrainConfig, train_encoder
+from activedaemon.tokens.train import EncoderTrainConfig, train_encoder
 
-QUICK = {**PRESETS["tiny"], "limit_test": 32}
+from .conftest import QUICK_ENCODER as QUICK
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("enc")
-    gen = train_encoder(EncoderTrainConfig.from_dict(QUICK), out, progress=False)
-    return gen, out
+def trained(tiny_encoder):
+    return tiny_encoder
 
 
 @pytest.fixture(scope="module")

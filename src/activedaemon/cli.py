@@ -185,6 +185,80 @@ def _cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protect_config(args: argparse.Namespace, protected: bool):
+    from activedaemon.protect.train import PRESETS, ProtectConfig
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+    values = dict(PRESETS[args.preset])
+    flags = {
+        "dataset": args.dataset,
+        "data_root": args.data_root,
+        "arch": args.arch,
+        "width": args.width,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "limit_train": args.limit_train,
+    }
+    if protected:
+        flags["encoder"] = args.encoder
+    values.update({k: v for k, v in flags.items() if v is not None})
+    poison = {"gamma": getattr(args, "gamma", None), "strategy": getattr(args, "strategy", None)}
+    values["poison"] = {k: v for k, v in poison.items() if v is not None}
+    overrides = _parse_overrides(args.set)
+    values["poison"].update(overrides.pop("poison", {}))
+    values.update(overrides)
+    values["protected"] = protected
+    return ProtectConfig.from_dict(values)
+
+
+def _cmd_protect(args: argparse.Namespace) -> int:
+    from activedaemon.protect.train import train_classifier
+
+    out = train_classifier(_protect_config(args, True), args.out, progress=not args.quiet)
+    if out is not None:
+        print(f"protected model written to {out}")
+    return 0
+
+
+def _cmd_train_clean(args: argparse.Namespace) -> int:
+    from activedaemon.protect.train import train_classifier
+
+    out = train_classifier(_protect_config(args, False), args.out, progress=not args.quiet)
+    if out is not None:
+        print(f"clean model written to {out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from activedaemon.evaluate.protection import evaluate_protection, write_results
+
+    results = evaluate_protection(
+        args.model,
+        args.encoder,
+        args.clean,
+        data_root=args.data_root,
+        limit_test=args.limit,
+        seed=args.seed,
+    )
+    path = write_results(results, Path(args.out) if args.out else Path(args.model) / "results.json")
+    _print_results(results)
+    print(f"written to {path}")
+    return 0
+
+
+def _print_results(results: dict) -> None:
+    from activedaemon.evaluate.protection import RESULT_KEYS
+
+    for key in RESULT_KEYS:
+        value = results.get(key)
+        print(f"{key:<16} {'null' if value is None else f'{value:.4f}'}")
+    for row in results.get("per_user", []):
+        print(f"  user {row['user_id']!s:<10} A_ad {row['A_ad']:6.2f}  A_dec {row['A_dec']:6.2f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="activedaemon",
@@ -307,6 +381,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True, help="encoder run folder or shipped name")
     p.add_argument("--resize", action="store_true", help="resize images to the encoder's size")
     p.set_defaults(func=_cmd_identify)
+
+    def add_training_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", required=True, help="run folder to write")
+        p.add_argument("--preset", default="cpu-small", help="cpu-small (default) or tiny")
+        p.add_argument("--dataset", help="data set name or imagefolder:PATH")
+        p.add_argument("--data-root", help="folder of data sets (see `activedaemon datasets`)")
+        p.add_argument("--arch", help="resnet18 (CIFAR stem), resnet50, or torchvision:NAME")
+        p.add_argument("--width", type=int, help="ResNet base width (64 = standard; cpu-small 16)")
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--batch-size", type=int)
+        p.add_argument("--lr", type=float)
+        p.add_argument("--seed", type=int)
+        p.add_argument("--limit-train", type=int, help="use only the first N training images")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="any ProtectConfig option, e.g. --set poison.noise_fraction=0.5",
+        )
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "protect",
+        help="train a protected classifier on the poisoned set (Algorithm 2)",
+        description="Build the poisoned training set (gamma authorized with true labels; the "
+        "rest clean, noised or carrying another image's token, with labels changed by the "
+        "strategy) and train a classifier on it. Runs under torchrun for DDP "
+        "(e.g. torchrun --nproc_per_node 2 -m activedaemon.cli protect ...). The epoch is "
+        "chosen on a held-out validation split.",
+    )
+    add_training_flags(p)
+    p.add_argument("--encoder", default=None, help="encoder run folder or shipped name "
+                   "(default fashion-mnist-32)")  # fmt: skip
+    p.add_argument("--strategy", help="single (default), random, near, surjective")
+    p.add_argument("--gamma", type=float, help="fraction of authorized samples (default 0.2)")
+    p.set_defaults(func=_cmd_protect)
+
+    p = sub.add_parser(
+        "train-clean",
+        help="train the unprotected baseline (gives A_or)",
+        description="Train the same classifier on the clean training set with true labels.",
+    )
+    add_training_flags(p)
+    p.set_defaults(func=_cmd_train_clean)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="measure A_or, A_ad, A_ud, A_od, A_pd, A_dec, stealth, fake and moved tokens",
+        description="Evaluate a protected run on its data set's test split and write "
+        "results.json (into the model's run folder unless --out is given).",
+    )
+    p.add_argument("--model", required=True, help="protected run folder")
+    p.add_argument("--encoder", default="fashion-mnist-32", help="encoder run or shipped name")
+    p.add_argument("--clean", help="clean baseline run folder (for A_or, A_od)")
+    p.add_argument("--data-root")
+    p.add_argument("--limit", type=int, help="use only the first N test images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="results file (default MODEL/results.json)")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -12,7 +12,10 @@ from activedaemon.metrics import image_quality
 from activedaemon.tokens.generator import TokenGenerator
 
 
-def _decoding(gen: TokenGenerator, images: torch.Tensor, ids: list[str], codewords: torch.Tensor):
+def decoding_metrics(
+    gen: TokenGenerator, images: torch.Tensor, ids: list[str], codewords: torch.Tensor
+) -> dict[str, float]:
+    """Bit accuracy (127 bits), A_dec (% of the 64 message bits, before BCH), exact-id rate (%)."""
     probs = gen.decode_probs(images)
     correct = (probs > 0.5).float() == codewords
     decoded = gen.codec.decode_batch(probs)
@@ -50,12 +53,12 @@ def evaluate_tokens(
     authorized = gen.embed_codewords(images, codewords)
     report: dict = {"images": n, "seed": seed}
     report.update(image_quality(authorized, images))
-    report.update(_decoding(gen, authorized, ids, codewords))
+    report.update(decoding_metrics(gen, authorized, ids, codewords))
 
     noise_gen = torch.Generator().manual_seed(seed)
     noisy = authorized + noise_sigma * torch.randn(authorized.shape, generator=noise_gen)
     noisy = (noisy.clamp(0, 1) * 255).round() / 255
-    for key, value in _decoding(gen, noisy, ids, codewords).items():
+    for key, value in decoding_metrics(gen, noisy, ids, codewords).items():
         report[f"{key}_noise{noise_sigma:g}"] = value
     report["clean_identified_rate"] = 100 * sum(u is not None for u in gen.identify(images)) / n
 

@@ -1,0 +1,1 @@
+"""Evaluation: metrics of protected models, reports."""

@@ -1,0 +1,93 @@
+"""report.html: the demo's tables and figures in one self-contained page (images inlined)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+# The paper's headline figures (CIFAR-10, ResNet-18, GPU) to set ours against.
+PAPER_CIFAR10 = {
+    "A_or": 93.41,
+    "A_od": -1.05,
+    "A_pd": 81.06,
+    "psnr": 32.05,
+    "ssim": 0.944,
+    "lpips": 0.0027,
+    "A_td_gaussian": 10.73,
+    "A_td_mismatched": 12.54,
+}
+ROWS = [
+    ("A_or", "clean model, clean test images (%)"),
+    ("A_ad", "protected model, authorized test images (%)"),
+    ("A_ud", "protected model, clean test images (%)"),
+    ("A_od", "A_ad - A_or (points)"),
+    ("A_pd", "A_ad - A_ud (points)"),
+    ("A_dec", "message bits decoded (%)"),
+    ("A_td_gaussian", "Gaussian fake tokens of the real tokens' L2 (%)"),
+    ("A_td_mismatched", "token made for another image (%)"),
+    ("psnr", "PSNR, authorized vs clean (dB)"),
+    ("ssim", "SSIM"),
+    ("ergas", "ERGAS"),
+    ("lpips", "LPIPS"),
+]
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; color: #222; }
+table { border-collapse: collapse; margin: 1rem 0; }
+td, th { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+.miss { color: #b00; } .note { color: #555; font-size: 0.9rem; }
+"""
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "null"
+    return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1 else f"{value:.2f}"
+
+
+def _image(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}" width="100%">'
+
+
+def write_report(results: dict, out: str | Path, figures: list[Path] = (), notes: list[str] = ()):
+    """Write ``report.html`` from a results dict (see evaluate_protection) and figure files."""
+    out = Path(out)
+    rows = "".join(
+        f"<tr><td>{key}</td><td>{html.escape(label)}</td><td>{_fmt(results.get(key))}</td>"
+        f"<td>{_fmt(PAPER_CIFAR10.get(key)) if key in PAPER_CIFAR10 else ''}</td></tr>"
+        for key, label in ROWS
+    )
+    users = "".join(
+        f"<tr><td><code>{html.escape(r['user_id'])}</code></td><td>{r['alphabet']}</td>"
+        f"<td>{_fmt(r['A_ad'])}</td><td>{_fmt(r['A_dec'])}</td></tr>"
+        for r in results.get("per_user", [])
+    )
+    lpips_note = (
+        f"<p class='note'>LPIPS is null: {html.escape(results['lpips_reason'])}</p>"
+        if results.get("lpips") is None and results.get("lpips_reason")
+        else ""
+    )
+    body = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ActiveDaemon report</title><style>{STYLE}</style></head>
+<body>
+<h1>ActiveDaemon report</h1>
+<p>Data set <b>{html.escape(str(results.get("dataset")))}</b>, {results.get("test_images")} test
+images, seed {results.get("seed")}, commit <code>{html.escape(str(results.get("commit")))}</code>.
+Model <code>{html.escape(str(results.get("model")))}</code>, encoder
+<code>{html.escape(str(results.get("encoder")))}</code>.</p>
+<h2>Protection (Tables I, III, IV, VII)</h2>
+<table><tr><th>metric</th><th>meaning</th><th>measured</th><th>paper, CIFAR-10</th></tr>
+{rows}</table>
+{lpips_note}
+{"".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes)}
+<h2>Per user (Table VIII analogue)</h2>
+<table><tr><th>user id</th><th>alphabet</th><th>A_ad</th><th>A_dec</th></tr>{users}</table>
+<h2>Figures</h2>
+{"".join(f"<h3>{html.escape(p.stem)}</h3>{_image(p)}" for p in figures if p.is_file())}
+</body></html>
+"""
+    out.write_text(body)
+    return out

@@ -1,0 +1,90 @@
+"""Classifier zoo: a registry of architectures, with normalisation inside (inputs in [0, 1])."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_classifier(name: str):
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        CLASSIFIERS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_classifiers() -> list[str]:
+    return sorted(CLASSIFIERS) + ["torchvision:NAME"]
+
+
+class Normalized(nn.Module):
+    """(x - mean) / std, then the network: callers always pass [0, 1] images."""
+
+    def __init__(self, net: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def _cifar_resnet(block, layers: list[int], num_classes: int, in_channels: int, width: int):
+    """torchvision's ResNet with the CIFAR stem (3x3 conv, stride 1, no max-pool) and a width knob:
+    stage widths width x (1, 2, 4, 8); 64 is the standard network, 16 or 32 suit CPU presets."""
+    net = ResNet(block, layers, num_classes=num_classes)
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    net.maxpool = nn.Identity()
+    net.layer1 = net._make_layer(block, width, layers[0])
+    net.layer2 = net._make_layer(block, 2 * width, layers[1], stride=2)
+    net.layer3 = net._make_layer(block, 4 * width, layers[2], stride=2)
+    net.layer4 = net._make_layer(block, 8 * width, layers[3], stride=2)
+    net.fc = nn.Linear(8 * width * block.expansion, num_classes)
+    return net
+
+
+@register_classifier("resnet18")
+def resnet18(num_classes: int, in_channels: int = 3, width: int = 64) -> nn.Module:
+    return _cifar_resnet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, width)
+
+
+@register_classifier("resnet50")
+def resnet50(num_classes: int, in_channels: int = 3, width: int = 64) -> nn.Module:
+    return _cifar_resnet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, width)
+
+
+def build_classifier(
+    arch: str,
+    num_classes: int,
+    in_channels: int = 3,
+    width: int = 64,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> Normalized:
+    """``arch``: a registered name or ``torchvision:NAME`` (any torchvision classifier, no
+    pretrained weights). Returns the network wrapped with normalisation."""
+    if arch.startswith("torchvision:"):
+        import torchvision.models as tvm
+
+        name = arch.split(":", 1)[1]
+        if name not in tvm.list_models(module=tvm):
+            raise ValueError(f"torchvision has no classification model {name!r}")
+        if in_channels != 3:
+            raise ValueError(f"{arch} takes 3-channel images; load the data with channels=3")
+        net = tvm.get_model(name, weights=None, num_classes=num_classes)
+    elif arch in CLASSIFIERS:
+        net = CLASSIFIERS[arch](num_classes=num_classes, in_channels=in_channels, width=width)
+    else:
+        raise ValueError(f"unknown classifier {arch!r}; choose one of {list_classifiers()}")
+    mean = mean or [0.5] * in_channels
+    std = std or [0.25] * in_channels
+    return Normalized(net, mean, std)

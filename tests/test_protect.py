@@ -1,0 +1,182 @@
+"""Protection training (Algorithm 2): label strategies, the poisoned set, training, DDP, evaluation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from activedaemon.cli import main
+from activedaemon.data import load_dataset
+from activedaemon.data.poison import (
+    AUTHORIZED,
+    CLEAN,
+    MISMATCHED,
+    NOISE,
+    STRATEGIES,
+    PoisonConfig,
+    build_poisoned_set,
+)
+from activedaemon.evaluate.protection import RESULT_KEYS, evaluate_protection
+from activedaemon.protect import ProtectConfig, build_classifier, load_classifier, train_classifier
+from activedaemon.tokens import TokenGenerator
+
+ENCODER = "fashion-mnist-32"
+
+
+@pytest.fixture(scope="module")
+def small():
+    return load_dataset("fashion-mnist", size=32, channels=3, limit_train=400, limit_test=200)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_label_strategies(name):
+    labels = torch.arange(10).repeat(20)
+    gen = torch.Generator().manual_seed(0)
+    cfg = PoisonConfig(strategy=name, target=3)
+    new = STRATEGIES[name](labels, 10, gen, cfg)
+    assert new.shape == labels.shape and new.min() >= 0 and new.max() < 10
+    if name == "single":
+        assert (new == 3).all()
+    elif name == "near":
+        assert torch.equal(new, (labels + 1) % 10)
+    elif name == "random":
+        assert (new != labels).all()
+        assert len(set(new.tolist())) == 10  # spread over the classes
+        again = STRATEGIES[name](labels, 10, torch.Generator().manual_seed(0), cfg)
+        assert torch.equal(new, again)
+    elif name == "surjective":
+        assert set(new.tolist()) <= {0, 2, 4, 6, 8} and (new != labels).all()
+        assert len(set(new.tolist())) == 5
+
+
+def test_poisoned_set_proportions_and_disjointness(small):
+    x, y = small.train.images, small.train.labels
+    cfg = PoisonConfig(gamma=0.25, strategy="near", noise_fraction=0.2, mismatch_fraction=0.4)
+    ps, hit = build_poisoned_set(x, y, 10, ENCODER, cfg)
+    assert not hit and len(ps) == len(y)
+    counts = ps.counts()
+    assert counts["authorized"] == 100
+    assert counts["noise"] == 60 and counts["mismatched"] == 120 and counts["clean"] == 120
+    auth = ps.kinds == AUTHORIZED
+    # Each image is in exactly one part; authorized keep true labels, the rest get the strategy's.
+    assert torch.equal(ps.labels[auth], y[auth])
+    assert torch.equal(ps.labels[~auth], (y[~auth] + 1) % 10)
+    assert torch.equal(ps.true_labels, y)
+    u8 = (x * 255).round().to(torch.uint8)
+    clean = ps.kinds == CLEAN
+    assert torch.equal(ps.images[clean], u8[clean])
+    for kind in (AUTHORIZED, NOISE, MISMATCHED):
+        assert (ps.images[ps.kinds == kind] != u8[ps.kinds == kind]).any()
+    # Authorized images carry a readable id; noise images do not.
+    gen = TokenGenerator.load(ENCODER)
+    assert all(u is not None for u in gen.identify(ps.images[auth].float() / 255))
+    assert all(u is None for u in gen.identify(ps.images[ps.kinds == NOISE].float() / 255))
+
+
+def test_poisoned_set_cache_hit(small, tmp_path):
+    x, y = small.train.images[:100], small.train.labels[:100]
+    first, hit1 = build_poisoned_set(x, y, 10, ENCODER, PoisonConfig(), cache_dir=tmp_path)
+    second, hit2 = build_poisoned_set(x, y, 10, ENCODER, PoisonConfig(), cache_dir=tmp_path)
+    assert (hit1, hit2) == (False, True)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    _, hit3 = build_poisoned_set(x, y, 10, ENCODER, PoisonConfig(seed=1), cache_dir=tmp_path)
+    assert not hit3  # another config is another key
+
+
+def test_poison_config_errors(small):
+    x, y = small.train.images[:10], small.train.labels[:10]
+    for bad, match in [
+        (PoisonConfig(gamma=1.0), "gamma"),
+        (PoisonConfig(strategy="nearest"), "unknown strategy"),
+        (PoisonConfig(target=10), "target"),
+        (PoisonConfig(noise_fraction=0.7, mismatch_fraction=0.7), "<= 1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            build_poisoned_set(x, y, 10, ENCODER, bad)
+
+
+def test_classifier_zoo():
+    model = build_classifier("resnet18", 10, in_channels=1, width=8)
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert build_classifier("torchvision:resnet18", 7)(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+    with pytest.raises(ValueError, match="unknown classifier"):
+        build_classifier("vgg99", 10)
+    with pytest.raises(ValueError, match="torchvision has no"):
+        build_classifier("torchvision:nope", 10)
+
+
+TOY = {
+    "limit_train": 2000,
+    "limit_test": 300,
+    "width": 8,
+    "epochs": 3,
+    "batch_size": 64,
+    "lr": 0.05,
+    "poison": {"gamma": 0.5},
+}
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory, tiny_encoder):
+    """A toy task: the tiny encoder's visible tokens, a small network, a few epochs."""
+    root = tmp_path_factory.mktemp("toy")
+    cfg = ProtectConfig.from_dict({**TOY, "encoder": str(tiny_encoder[1])})
+    protected = train_classifier(cfg, root / "protected", progress=False)
+    clean = train_classifier(
+        ProtectConfig.from_dict({**TOY, "protected": False}), root / "clean", progress=False
+    )
+    return protected, clean
+
+
+def test_toy_protect_and_evaluate(toy_runs, tiny_encoder):
+    protected, clean = toy_runs
+    encoder = tiny_encoder[1]
+    results = evaluate_protection(protected, encoder, clean, limit_test=300, per_user_images=60)
+    for key in RESULT_KEYS:
+        assert key in results
+    # The property: on a toy task the lock already separates authorized from clean queries.
+    assert results["A_ad"] > results["A_ud"] + 20, results
+    assert results["A_or"] > 50
+    assert len(results["per_user"]) == 18
+    assert {r["alphabet"] for r in results["per_user"]} == {"ascii", "alnum"}
+    run = json.loads((protected / "run.json").read_text())
+    assert run["status"] == "done" and run["seed"] == 0 and "commit" in run
+    assert run["metrics"]["poison_counts"]["authorized"] > 0
+    model = load_classifier(protected)
+    assert not model.training and model(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_cli_evaluate_writes_results_json(toy_runs, tiny_encoder, tmp_path, capsys):
+    protected, clean = toy_runs
+    out = tmp_path / "results.json"
+    argv = ["evaluate", "--model", str(protected), "--clean", str(clean), "--limit", "100",
+            "--encoder", str(tiny_encoder[1]), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads(out.read_text())
+    numbers = [k for k in RESULT_KEYS if k != "lpips"]
+    assert all(isinstance(results[k], float) for k in numbers)
+    assert results["A_pd"] == pytest.approx(results["A_ad"] - results["A_ud"])
+    assert results["A_od"] == pytest.approx(results["A_ad"] - results["A_or"])
+    assert "A_pd" in capsys.readouterr().out
+
+
+def test_load_classifier_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a classifier run"):
+        load_classifier(tmp_path)
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    """The same command under torchrun with 2 gloo processes trains and writes one run folder."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "activedaemon.cli", "protect", "--preset", "tiny", "--out", str(out), "-q"]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("protected model written") == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert load_classifier(out)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
