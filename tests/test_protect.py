@@ -1,5 +1,6 @@
-"""Protection training (Algorithm 2): label strategies, the poisoned set, training, DDP, evaluation."""
+"""Protection training (Algorithm 2): label strategies, poisoned set, training, DDP, evaluation."""
 
+import html
 import json
 import os
 import subprocess
@@ -112,7 +113,7 @@ TOY = {
     "limit_train": 2000,
     "limit_test": 300,
     "width": 8,
-    "epochs": 3,
+    "epochs": 15,
     "batch_size": 64,
     "lr": 0.05,
     "poison": {"gamma": 0.5},
@@ -139,6 +140,10 @@ def test_toy_protect_and_evaluate(toy_runs, tiny_encoder):
         assert key in results
     # The property: on a toy task the lock already separates authorized from clean queries.
     assert results["A_ad"] > results["A_ud"] + 20, results
+    # The lock holds against the paper's fake tokens: noise of the token's size and tokens moved
+    # from another image (both trained as unauthorized negatives) stay near A_ud.
+    assert results["A_td_gaussian"] < results["A_ud"] + 10, results
+    assert results["A_td_mismatched"] < results["A_ud"] + 10, results
     assert results["A_or"] > 50
     assert len(results["per_user"]) == 18
     assert {r["alphabet"] for r in results["per_user"]} == {"ascii", "alnum"}
@@ -163,6 +168,27 @@ def test_cli_evaluate_writes_results_json(toy_runs, tiny_encoder, tmp_path, caps
     assert "A_pd" in capsys.readouterr().out
 
 
+def test_presets_build_valid_configs(tmp_path):
+    from activedaemon.protect.train import list_presets, load_preset
+
+    assert {"cpu-small", "tiny", "gpu-paper-cifar10", "gpu-paper-imagenet"} <= set(list_presets())
+    for name in list_presets():
+        cfg = ProtectConfig.from_dict(load_preset(name))
+        assert cfg.epochs >= 1
+    paper = ProtectConfig.from_dict(load_preset("gpu-paper-cifar10"))
+    assert (paper.width, paper.epochs, paper.batch_size, paper.schedule) == (
+        64,
+        120,
+        256,
+        "multistep",
+    )
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("epochs: 2\npoison: {strategy: near}\n")
+    assert ProtectConfig.from_dict(load_preset(custom)).poison.strategy == "near"
+    with pytest.raises(ValueError, match="no preset"):
+        load_preset("gpu-paper-mnist")
+
+
 def test_load_classifier_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a classifier run"):
         load_classifier(tmp_path)
@@ -173,10 +199,39 @@ def test_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "activedaemon.cli", "protect", "--preset", "tiny", "--out", str(out), "-q"]  # fmt: skip
+           "-m", "activedaemon.cli", "protect", "--preset", "tiny",
+           "--out", str(out), "-q"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("protected model written") == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert load_classifier(out)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_demo_quick_writes_runs_results_and_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--epochs", "1", "--limit-train", "600",
+            "--limit-test", "200", "-q"]  # fmt: skip
+    assert main(argv) == 0
+    for name in ("clean/weights.pt", "protected/weights.pt", "results.json", "report.html"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert set(RESULT_KEYS) <= set(results) and len(results["per_user"]) == 18
+    assert results["timings"]["total_seconds"] > 0
+    page = (out / "report.html").read_text()
+    assert "A_pd" in page and "data:image/png;base64," in page
+    assert all(row["user_id"] in html.unescape(page) for row in results["per_user"])
+    assert "report:" in capsys.readouterr().out
+
+
+def test_sweep_writes_csv_and_figure(tmp_path, capsys):
+    argv = ["sweep", "strategy", "--values", "single,near", "--preset", "tiny", "--limit-test",
+            "64", "--out", str(tmp_path), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert [r["strategy"] for r in rows] == ["single", "near"]
+    assert all(0 <= float(r["A_ad"]) <= 100 for r in rows)
+    assert (tmp_path / "sweep.png").is_file() and (tmp_path / "clean" / "weights.pt").is_file()

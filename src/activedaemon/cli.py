@@ -186,11 +186,9 @@ def _cmd_identify(args: argparse.Namespace) -> int:
 
 
 def _protect_config(args: argparse.Namespace, protected: bool):
-    from activedaemon.protect.train import PRESETS, ProtectConfig
+    from activedaemon.protect.train import ProtectConfig, load_preset
 
-    if args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
-    values = dict(PRESETS[args.preset])
+    values = load_preset(args.preset)
     flags = {
         "dataset": args.dataset,
         "data_root": args.data_root,
@@ -206,7 +204,10 @@ def _protect_config(args: argparse.Namespace, protected: bool):
         flags["encoder"] = args.encoder
     values.update({k: v for k, v in flags.items() if v is not None})
     poison = {"gamma": getattr(args, "gamma", None), "strategy": getattr(args, "strategy", None)}
-    values["poison"] = {k: v for k, v in poison.items() if v is not None}
+    values["poison"] = {
+        **values.get("poison", {}),
+        **{k: v for k, v in poison.items() if v is not None},
+    }
     overrides = _parse_overrides(args.set)
     values["poison"].update(overrides.pop("poison", {}))
     values.update(overrides)
@@ -257,6 +258,40 @@ def _print_results(results: dict) -> None:
         print(f"{key:<16} {'null' if value is None else f'{value:.4f}'}")
     for row in results.get("per_user", []):
         print(f"  user {row['user_id']!s:<10} A_ad {row['A_ad']:6.2f}  A_dec {row['A_dec']:6.2f}")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from activedaemon.demo import run_demo
+
+    results = run_demo(
+        args.out,
+        train_new_encoder=args.train_encoder,
+        epochs=args.epochs,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    _print_results(results)
+    print(f"report: {Path(args.out) / 'report.html'}; results: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from activedaemon.evaluate.sweep import run_sweep
+
+    overrides = _parse_overrides(args.set)
+    for key in ("epochs", "limit_train", "limit_test"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    values = None
+    if args.values:
+        cast = float if args.kind == "gamma" else str
+        values = [cast(v) for v in args.values.split(",")]
+    path = run_sweep(args.kind, args.out, values, args.preset, overrides, progress=not args.quiet)
+    print(path.read_text())
+    print(f"written to {path} and {path.with_suffix('.png')}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,7 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_training_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", required=True, help="run folder to write")
-        p.add_argument("--preset", default="cpu-small", help="cpu-small (default) or tiny")
+        p.add_argument(
+            "--preset",
+            default="cpu-small",
+            help="a preset of activedaemon/configs (cpu-small, tiny, gpu-paper-cifar10, "
+            "gpu-paper-cifar100, gpu-paper-gtsrb, gpu-paper-imagenet) or a YAML file",
+        )
         p.add_argument("--dataset", help="data set name or imagefolder:PATH")
         p.add_argument("--data-root", help="folder of data sets (see `activedaemon datasets`)")
         p.add_argument("--arch", help="resnet18 (CIFAR stem), resnet50, or torchvision:NAME")
@@ -441,6 +481,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="results file (default MODEL/results.json)")
     p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on Fashion-MNIST (CPU preset): train, protect, evaluate, report",
+        description="Load the shipped encoder (or train one with --train-encoder), train the "
+        "clean baseline and the protected model (width-16 ResNet-18, 5 epochs each), evaluate, "
+        "and write OUT/clean/, OUT/protected/, OUT/results.json and OUT/report.html. About 9 "
+        "minutes on 2 CPU cores.",
+    )
+    p.add_argument("--out", default="demo", help="output folder (default ./demo)")
+    p.add_argument("--train-encoder", action="store_true", help="train the encoder (+6 min)")
+    p.add_argument("--epochs", type=int, help="epochs for both models (default 5)")
+    p.add_argument("--limit-train", type=int, help="use only the first N training images")
+    p.add_argument("--limit-test", type=int, help="use only the first N test images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser(
+        "sweep",
+        help="protect + evaluate over label strategies (Table II) or gamma values (Fig. 2)",
+        description="Train one clean baseline and one protected model per value, evaluate each, "
+        "and write OUT/sweep.csv and OUT/sweep.png (run folders beside them).",
+    )
+    p.add_argument("kind", choices=["strategy", "gamma"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--values", help="comma-separated (default: all strategies, or gamma "
+                   "0.01,0.05,0.1,0.2,0.5,0.8,0.99)")  # fmt: skip
+    p.add_argument("--preset", default="cpu-small")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--limit-train", type=int)
+    p.add_argument("--limit-test", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 

@@ -94,7 +94,11 @@ def evaluate_protection(
     results.update(image_quality(authorized, x))
     results["A_td_gaussian"] = accuracy(model, quantize(x + gaussian_fake_tokens(tokens, seed)), y)
     results["A_td_mismatched"] = accuracy(model, quantize(x + tokens.roll(1, dims=0)), y)
-    results["per_user"] = per_user_table(model, gen, x[:per_user_images], y[:per_user_images], seed)
+    results["per_user"] = (
+        per_user_table(model, gen, x[:per_user_images], y[:per_user_images], seed)
+        if per_user_images
+        else []
+    )
     return results
 
 

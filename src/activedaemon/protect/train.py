@@ -68,12 +68,22 @@ class ProtectConfig:
         return cls(**values)
 
 
-PRESETS: dict[str, dict] = {
-    # The demo: Fashion-MNIST 32x32x3, width-16 CIFAR ResNet-18, 2-core CPU.
-    "cpu-small": {},
-    # Seconds, for tests.
-    "tiny": {"limit_train": 512, "limit_test": 128, "width": 4, "epochs": 1, "batch_size": 64},
-}
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_preset(name_or_path: str | Path) -> dict:
+    """A preset name from ``activedaemon/configs/`` (cpu-small, tiny, gpu-paper-*) or a YAML
+    file; returns its option values."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ValueError(f"no preset or config file {name_or_path!r}; presets: {list_presets()}")
+    return yaml.safe_load(path.read_text()) or {}
 
 
 def _distributed() -> tuple[int, int]:
