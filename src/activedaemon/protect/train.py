@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from activedaemon.data import load_dataset
 from activedaemon.data.poison import AUTHORIZED, PoisonConfig, build_poisoned_set
+from activedaemon.identity import random_user_id
 from activedaemon.protect.models import build_classifier
 from activedaemon.runs import finish_run, seed_everything, start_run, write_json
 from activedaemon.tokens import TokenGenerator
@@ -133,7 +135,10 @@ def train_classifier(cfg: ProtectConfig, out: str | Path, progress: bool = True)
     """Train (protected or clean) and write the run folder; returns its path (None on DDP ranks
     other than 0, which write nothing)."""
     tokens = TokenGenerator.load(cfg.encoder) if cfg.protected else None
-    if tokens and (tokens.arch.image_size, tokens.arch.channels) != (cfg.image_size, cfg.channels):
+    if tokens is not None and (tokens.arch.image_size, tokens.arch.channels) != (
+        cfg.image_size,
+        cfg.channels,
+    ):
         raise ValueError(
             f"encoder {cfg.encoder} works on {tokens.arch.channels}x{tokens.arch.image_size}px "
             f"images; set image_size={tokens.arch.image_size} channels={tokens.arch.channels}"
@@ -287,10 +292,6 @@ def train_classifier(cfg: ProtectConfig, out: str | Path, progress: bool = True)
 
 
 def _val_ids(n: int, seed: int) -> list[str]:
-    import random
-
-    from activedaemon.identity import random_user_id
-
     rng = random.Random(seed + 1)
     return [random_user_id(rng) for _ in range(n)]
 
