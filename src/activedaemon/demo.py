@@ -73,6 +73,6 @@ def run_demo(
         limit_test=6,
     ).test.images  # fmt: skip
     grid = save_sample_grid(gen, test, out / "samples.png", seed=seed)
-    notes = [f"Timings (seconds, this machine): {timings}"]
+    notes = ["Wall time on this machine: " + ", ".join(f"{k} {v}" for k, v in timings.items())]
     write_report(results, out / "report.html", figures=[grid], notes=notes)
     return results

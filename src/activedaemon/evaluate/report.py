@@ -37,7 +37,7 @@ body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; 
 table { border-collapse: collapse; margin: 1rem 0; }
 td, th { border: 1px solid #ccc; padding: 0.3rem 0.6rem; text-align: right; }
 td:first-child, th:first-child { text-align: left; }
-.miss { color: #b00; } .note { color: #555; font-size: 0.9rem; }
+.note { color: #555; font-size: 0.9rem; }
 """
 
 
