@@ -40,13 +40,17 @@ def run_sweep(
             run, cfg.encoder, clean, limit_test=cfg.limit_test, per_user_images=0
         )
         write_results(results, run / "results.json")
-        rows.append({kind: value, **{k: results[k] for k in SWEEP_COLUMNS}})
+        rows.append({kind: value, **{k: _round(results[k]) for k in SWEEP_COLUMNS}})
     with open(out / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[kind, *SWEEP_COLUMNS])
         writer.writeheader()
         writer.writerows(rows)
     _plot(kind, rows, out / "sweep.png")
     return out / "sweep.csv"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def _plot(kind: str, rows: list[dict], path: Path) -> None:
