@@ -62,6 +62,11 @@ def _cmd_id_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given_flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The flags among ``names`` that the user gave (absent or None ones leave presets alone)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def _parse_overrides(pairs: list[str]) -> dict:
     import yaml
 
@@ -84,17 +89,8 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
     values = dict(PRESETS[args.preset])
-    flags = {
-        "dataset": args.dataset,
-        "data_root": args.data_root,
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "image_size": args.image_size,
-        "channels": args.channels,
-        "limit_train": args.limit_train,
-    }
-    values.update({k: v for k, v in flags.items() if v is not None})
+    names = ("dataset", "data_root", "steps", "batch_size", "seed", "image_size", "channels")
+    values.update(_given_flags(args, (*names, "limit_train")))
     values.update(_parse_overrides(args.set))
     cfg = EncoderTrainConfig.from_dict(values)
     train_encoder(cfg, args.out, progress=not args.quiet)
@@ -189,25 +185,9 @@ def _protect_config(args: argparse.Namespace, protected: bool):
     from activedaemon.protect.train import ProtectConfig, load_preset
 
     values = load_preset(args.preset)
-    flags = {
-        "dataset": args.dataset,
-        "data_root": args.data_root,
-        "arch": args.arch,
-        "width": args.width,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "limit_train": args.limit_train,
-    }
-    if protected:
-        flags["encoder"] = args.encoder
-    values.update({k: v for k, v in flags.items() if v is not None})
-    poison = {"gamma": getattr(args, "gamma", None), "strategy": getattr(args, "strategy", None)}
-    values["poison"] = {
-        **values.get("poison", {}),
-        **{k: v for k, v in poison.items() if v is not None},
-    }
+    names = ("dataset", "data_root", "arch", "width", "epochs", "batch_size", "lr", "seed")
+    values.update(_given_flags(args, (*names, "limit_train", "encoder")))
+    values["poison"] = {**values.get("poison", {}), **_given_flags(args, ("gamma", "strategy"))}
     overrides = _parse_overrides(args.set)
     values["poison"].update(overrides.pop("poison", {}))
     values.update(overrides)
@@ -215,26 +195,20 @@ def _protect_config(args: argparse.Namespace, protected: bool):
     return ProtectConfig.from_dict(values)
 
 
-def _cmd_protect(args: argparse.Namespace) -> int:
+def _cmd_train_classifier(args: argparse.Namespace) -> int:
+    """`protect` and `train-clean`: one training loop, with or without the poisoned set."""
     from activedaemon.protect.train import train_classifier
 
-    out = train_classifier(_protect_config(args, True), args.out, progress=not args.quiet)
-    if out is not None:
-        print(f"protected model written to {out}")
-    return 0
-
-
-def _cmd_train_clean(args: argparse.Namespace) -> int:
-    from activedaemon.protect.train import train_classifier
-
-    out = train_classifier(_protect_config(args, False), args.out, progress=not args.quiet)
-    if out is not None:
-        print(f"clean model written to {out}")
+    cfg = _protect_config(args, args.protected)
+    out = train_classifier(cfg, args.out, progress=not args.quiet)
+    if out is not None:  # None on DDP ranks other than 0
+        print(f"{'protected' if args.protected else 'clean'} model written to {out}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from activedaemon.evaluate.protection import evaluate_protection, write_results
+    from activedaemon.evaluate.protection import evaluate_protection
+    from activedaemon.runs import write_json
 
     results = evaluate_protection(
         args.model,
@@ -244,7 +218,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         limit_test=args.limit,
         seed=args.seed,
     )
-    path = write_results(results, Path(args.out) if args.out else Path(args.model) / "results.json")
+    path = write_json(Path(args.out) if args.out else Path(args.model) / "results.json", results)
     _print_results(results)
     print(f"written to {path}")
     return 0
@@ -280,10 +254,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from activedaemon.evaluate.sweep import run_sweep
 
-    overrides = _parse_overrides(args.set)
-    for key in ("epochs", "limit_train", "limit_test"):
-        if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
+    overrides = {
+        **_parse_overrides(args.set),
+        **_given_flags(args, ("epochs", "limit_train", "limit_test")),
+    }
     values = None
     if args.values:
         cast = float if args.kind == "gamma" else str
@@ -457,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default fashion-mnist-32)")  # fmt: skip
     p.add_argument("--strategy", help="single (default), random, near, surjective")
     p.add_argument("--gamma", type=float, help="fraction of authorized samples (default 0.2)")
-    p.set_defaults(func=_cmd_protect)
+    p.set_defaults(func=_cmd_train_classifier, protected=True)
 
     p = sub.add_parser(
         "train-clean",
@@ -465,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the same classifier on the clean training set with true labels.",
     )
     add_training_flags(p)
-    p.set_defaults(func=_cmd_train_clean)
+    p.set_defaults(func=_cmd_train_classifier, protected=False)
 
     p = sub.add_parser(
         "evaluate",

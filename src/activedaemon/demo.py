@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 
 from activedaemon.data import load_dataset
-from activedaemon.evaluate.protection import evaluate_protection, write_results
+from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.evaluate.report import write_report
 from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
+from activedaemon.runs import write_json
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.figures import save_sample_grid
 
@@ -64,8 +65,8 @@ def run_demo(
     timings["evaluate_seconds"] = round(time.time() - t, 1)
     timings["total_seconds"] = round(time.time() - started, 1)
     results["timings"] = timings
-    write_results(results, out / "protected" / "results.json")
-    write_results(results, out / "results.json")
+    write_json(out / "protected" / "results.json", results)
+    write_json(out / "results.json", results)
 
     gen = TokenGenerator.load(encoder)
     test = load_dataset(

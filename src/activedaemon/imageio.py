@@ -10,6 +10,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats -> 8-bit values, as an image file stores them."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def round_8bit(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats rounded to the 256 levels of an 8-bit image (still float)."""
+    return (images.clamp(0, 1) * 255).round() / 255
+
+
 def read_image(
     source: str | Path | bytes, channels: int, size: int | None = None, resize: bool = False
 ) -> torch.Tensor:
@@ -40,7 +50,7 @@ def read_image(
 
 def write_png(image: torch.Tensor, path: str | Path) -> Path:
     """Write a (C, H, W) tensor in [0, 1] as an 8-bit PNG (lossless, so tokens survive)."""
-    array = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    array = to_uint8(image.detach()).permute(1, 2, 0).numpy()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import random
@@ -77,8 +78,24 @@ def finish_run(out: Path | str, metrics: dict[str, Any], **extra: Any) -> None:
     write_json(out / "metrics.json", metrics)
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write atomically, so that a crash never leaves half a file."""
+def config_from_dict(cls: type, values: dict, nested: dict[str, type], what: str):
+    """Build the config dataclass ``cls`` from plain values (YAML, --set), turning the dicts of
+    ``nested`` fields into their dataclasses and naming unknown keys in the error."""
+    values = dict(values)
+    for name, nested_cls in nested.items():
+        if isinstance(values.get(name), dict):
+            values[name] = nested_cls(**values[name])
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what} options: {unknown}")
+    return cls(**values)
+
+
+def write_json(path: Path | str, data: Any) -> Path:
+    """Write atomically (a crash never leaves half a file), creating the folder; returns path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)
+    return path

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from activedaemon.identity import random_user_id
+from activedaemon.imageio import to_uint8
 from activedaemon.tokens.generator import WEIGHTS_FILE, TokenGenerator, resolve_encoder_path
 
 AUTHORIZED, CLEAN, NOISE, MISMATCHED = 0, 1, 2, 3
@@ -111,10 +112,6 @@ class PoisonedSet:
 
     def counts(self) -> dict[str, int]:
         return {name: int((self.kinds == k).sum()) for k, name in KIND_NAMES.items()}
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def salt_and_pepper(images: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:

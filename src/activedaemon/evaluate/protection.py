@@ -16,9 +16,10 @@ import torch
 
 from activedaemon.data import load_dataset
 from activedaemon.identity import random_user_id
+from activedaemon.imageio import round_8bit
 from activedaemon.metrics import image_quality
 from activedaemon.protect.train import accuracy, load_classifier
-from activedaemon.runs import git_commit, write_json
+from activedaemon.runs import git_commit
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.evaluate import decoding_metrics
 
@@ -26,10 +27,6 @@ RESULT_KEYS = (
     "A_or", "A_ad", "A_ud", "A_od", "A_pd", "A_dec", "psnr", "ssim", "ergas", "lpips",
     "A_td_gaussian", "A_td_mismatched",
 )  # fmt: skip
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    return (images.clamp(0, 1) * 255).round() / 255
 
 
 def gaussian_fake_tokens(tokens: torch.Tensor, seed: int) -> torch.Tensor:
@@ -92,8 +89,10 @@ def evaluate_protection(
     results["A_dec"] = decoding["A_dec"]
     results["exact_id_rate"] = decoding["exact_id_rate"]
     results.update(image_quality(authorized, x))
-    results["A_td_gaussian"] = accuracy(model, quantize(x + gaussian_fake_tokens(tokens, seed)), y)
-    results["A_td_mismatched"] = accuracy(model, quantize(x + tokens.roll(1, dims=0)), y)
+    results["A_td_gaussian"] = accuracy(
+        model, round_8bit(x + gaussian_fake_tokens(tokens, seed)), y
+    )
+    results["A_td_mismatched"] = accuracy(model, round_8bit(x + tokens.roll(1, dims=0)), y)
     results["per_user"] = (
         per_user_table(model, gen, x[:per_user_images], y[:per_user_images], seed)
         if per_user_images
@@ -122,10 +121,3 @@ def per_user_table(model, gen: TokenGenerator, x, y, seed: int) -> list[dict]:
                 }
             )
     return rows
-
-
-def write_results(results: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, results)
-    return path

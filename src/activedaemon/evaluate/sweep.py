@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from activedaemon.evaluate.protection import evaluate_protection, write_results
+from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
+from activedaemon.runs import write_json
 
 SWEEP_COLUMNS = ["A_ad", "A_ud", "A_or", "A_od", "A_pd", "A_td_gaussian", "A_td_mismatched"]
 STRATEGY_VALUES = ["single", "random", "near", "surjective"]
@@ -39,7 +40,7 @@ def run_sweep(
         results = evaluate_protection(
             run, cfg.encoder, clean, limit_test=cfg.limit_test, per_user_images=0
         )
-        write_results(results, run / "results.json")
+        write_json(run / "results.json", results)
         rows.append({kind: value, **{k: _round(results[k]) for k in SWEEP_COLUMNS}})
     with open(out / "sweep.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[kind, *SWEEP_COLUMNS])

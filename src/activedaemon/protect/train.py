@@ -7,7 +7,6 @@ rank 0 alone writes the run folder.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import time
@@ -23,8 +22,15 @@ from tqdm.auto import tqdm
 from activedaemon.data import load_dataset
 from activedaemon.data.poison import AUTHORIZED, PoisonConfig, build_poisoned_set
 from activedaemon.identity import random_user_id
+from activedaemon.imageio import to_uint8
 from activedaemon.protect.models import build_classifier
-from activedaemon.runs import finish_run, seed_everything, start_run, write_json
+from activedaemon.runs import (
+    config_from_dict,
+    finish_run,
+    seed_everything,
+    start_run,
+    write_json,
+)
 from activedaemon.tokens import TokenGenerator
 
 CARD_FILE, WEIGHTS_FILE = "card.yaml", "weights.pt"
@@ -57,17 +63,11 @@ class ProtectConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ProtectConfig:
-        values = dict(values)
-        if isinstance(values.get("poison"), dict):
-            values["poison"] = PoisonConfig(**values["poison"])
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown protection options: {unknown}")
         if values.get("objective", "poison") not in ("poison", "penalty"):
             raise ValueError("objective must be 'poison' or 'penalty'")
         if values.get("schedule", "onecycle") not in ("onecycle", "multistep"):
             raise ValueError("schedule must be 'onecycle' or 'multistep'")
-        return cls(**values)
+        return config_from_dict(cls, values, {"poison": PoisonConfig}, "protection")
 
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -176,7 +176,7 @@ def train_classifier(cfg: ProtectConfig, out: str | Path, progress: bool = True)
         )
         val_auth = tokens.embed(val_images, _val_ids(n_val, cfg.seed))
     else:
-        train_u8, train_labels = (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
+        train_u8, train_labels = to_uint8(images), labels
 
     if rank == 0:
         out = start_run(out, "protect" if cfg.protected else "train-clean", asdict(cfg), cfg.seed)

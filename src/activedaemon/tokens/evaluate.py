@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from activedaemon.identity import MESSAGE_BITS, random_user_id
+from activedaemon.imageio import round_8bit
 from activedaemon.metrics import image_quality
 from activedaemon.tokens.generator import TokenGenerator
 
@@ -57,7 +58,7 @@ def evaluate_tokens(
 
     noise_gen = torch.Generator().manual_seed(seed)
     noisy = authorized + noise_sigma * torch.randn(authorized.shape, generator=noise_gen)
-    noisy = (noisy.clamp(0, 1) * 255).round() / 255
+    noisy = round_8bit(noisy)
     for key, value in decoding_metrics(gen, noisy, ids, codewords).items():
         report[f"{key}_noise{noise_sigma:g}"] = value
     report["clean_identified_rate"] = 100 * sum(u is not None for u in gen.identify(images)) / n

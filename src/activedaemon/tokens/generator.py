@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from activedaemon.identity import IdentityCodec
+from activedaemon.imageio import round_8bit
 from activedaemon.tokens.networks import ArchConfig, Decoder, Encoder
 
 CARD_FILE = "card.yaml"
@@ -111,7 +112,7 @@ class TokenGenerator:
             s = codewords[i : i + batch_size].to(self.device, torch.float32)
             x_a = (x + self.encoder(x, s)).clamp_(0.0, 1.0)
             if quantize:
-                x_a = x_a.mul_(255).round_().div_(255)
+                x_a = round_8bit(x_a)
             out.append(x_a.to(images.device))
         return torch.cat(out) if out else images.clone()
 

@@ -13,16 +13,18 @@ import torch
 from PIL import Image
 from torch import nn
 
+from activedaemon.imageio import round_8bit, to_uint8
+
 
 def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
     """Clamp to [0, 1] and round to 8 bits, with a straight-through gradient."""
     clamped = images.clamp(0.0, 1.0)
-    return clamped + ((clamped * 255).round() / 255 - clamped).detach()
+    return clamped + (round_8bit(clamped) - clamped).detach()
 
 
 def jpeg_straight_through(images: torch.Tensor, quality: int) -> torch.Tensor:
     """Real JPEG compression (Pillow) in the forward pass, identity gradient backward."""
-    u8 = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    u8 = to_uint8(images.detach()).permute(0, 2, 3, 1).cpu()
     decoded = []
     for array in u8.numpy():
         buffer = io.BytesIO()

@@ -9,7 +9,6 @@ residual collapses to zero); then ``scale`` is steered each step: up while the b
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,13 @@ from tqdm.auto import tqdm
 from activedaemon.data import load_dataset
 from activedaemon.identity import CODE_BITS
 from activedaemon.metrics import lpips_status, psnr_per_image, ssim_fast
-from activedaemon.runs import finish_run, seed_everything, start_run, write_json
+from activedaemon.runs import (
+    config_from_dict,
+    finish_run,
+    seed_everything,
+    start_run,
+    write_json,
+)
 from activedaemon.tokens.evaluate import evaluate_tokens
 from activedaemon.tokens.generator import TokenGenerator
 from activedaemon.tokens.networks import ArchConfig, Critic, Decoder, Encoder
@@ -68,14 +73,7 @@ class EncoderTrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> EncoderTrainConfig:
-        values = dict(values)
-        if isinstance(values.get("noise"), dict):
-            values["noise"] = NoiseConfig(**values["noise"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown encoder training options: {unknown}")
-        return cls(**values)
+        return config_from_dict(cls, values, {"noise": NoiseConfig}, "encoder training")
 
     def arch(self) -> ArchConfig:
         return ArchConfig(
