@@ -1,5 +1,6 @@
 import pytest
 
+from activedaemon.protect import ProtectConfig, train_classifier
 from activedaemon.tokens.train import PRESETS, EncoderTrainConfig, train_encoder
 
 # A few-second encoder on 256 real Fashion-MNIST images: ids decode, tokens are visible.
@@ -12,3 +13,27 @@ def tiny_encoder(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-encoder")
     gen = train_encoder(EncoderTrainConfig.from_dict(QUICK_ENCODER), out, progress=False)
     return gen, out
+
+
+# A toy protection task: the tiny encoder's visible tokens, a small network, a few epochs.
+TOY = {
+    "limit_train": 2000,
+    "limit_test": 300,
+    "width": 8,
+    "epochs": 15,
+    "batch_size": 64,
+    "lr": 0.05,
+    "poison": {"gamma": 0.5},
+}
+
+
+@pytest.fixture(scope="session")
+def toy_runs(tmp_path_factory, tiny_encoder):
+    """(protected run folder, clean run folder) of the toy task, trained once per session."""
+    root = tmp_path_factory.mktemp("toy")
+    cfg = ProtectConfig.from_dict({**TOY, "encoder": str(tiny_encoder[1])})
+    protected = train_classifier(cfg, root / "protected", progress=False)
+    clean = train_classifier(
+        ProtectConfig.from_dict({**TOY, "protected": False}), root / "clean", progress=False
+    )
+    return protected, clean

@@ -21,7 +21,7 @@ from activedaemon.data.poison import (
     build_poisoned_set,
 )
 from activedaemon.evaluate.protection import RESULT_KEYS, evaluate_protection
-from activedaemon.protect import ProtectConfig, build_classifier, load_classifier, train_classifier
+from activedaemon.protect import ProtectConfig, build_classifier, load_classifier
 from activedaemon.tokens import TokenGenerator
 
 ENCODER = "fashion-mnist-32"
@@ -107,29 +107,6 @@ def test_classifier_zoo():
         build_classifier("vgg99", 10)
     with pytest.raises(ValueError, match="torchvision has no"):
         build_classifier("torchvision:nope", 10)
-
-
-TOY = {
-    "limit_train": 2000,
-    "limit_test": 300,
-    "width": 8,
-    "epochs": 15,
-    "batch_size": 64,
-    "lr": 0.05,
-    "poison": {"gamma": 0.5},
-}
-
-
-@pytest.fixture(scope="module")
-def toy_runs(tmp_path_factory, tiny_encoder):
-    """A toy task: the tiny encoder's visible tokens, a small network, a few epochs."""
-    root = tmp_path_factory.mktemp("toy")
-    cfg = ProtectConfig.from_dict({**TOY, "encoder": str(tiny_encoder[1])})
-    protected = train_classifier(cfg, root / "protected", progress=False)
-    clean = train_classifier(
-        ProtectConfig.from_dict({**TOY, "protected": False}), root / "clean", progress=False
-    )
-    return protected, clean
 
 
 def test_toy_protect_and_evaluate(toy_runs, tiny_encoder):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from activedaemon.attacks.fake_tokens import gaussian_fake_tokens
 from activedaemon.data import load_dataset
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import round_8bit
@@ -27,13 +28,6 @@ RESULT_KEYS = (
     "A_or", "A_ad", "A_ud", "A_od", "A_pd", "A_dec", "psnr", "ssim", "ergas", "lpips",
     "A_td_gaussian", "A_td_mismatched",
 )  # fmt: skip
-
-
-def gaussian_fake_tokens(tokens: torch.Tensor, seed: int) -> torch.Tensor:
-    """Gaussian noise with each real token's L2 norm (the attacker knows the token's size)."""
-    noise = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(seed))
-    scale = tokens.flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1).clamp(min=1e-12)
-    return noise * scale.view(-1, 1, 1, 1)
 
 
 @torch.no_grad()

@@ -91,3 +91,47 @@ Model <code>{html.escape(str(results.get("model")))}</code>, encoder
 """
     out.write_text(body)
     return out
+
+
+def write_attack_report(results: dict, out: str | Path) -> Path:
+    """Write the attack suite's ``report.html``: one table row per attack (threat model, target,
+    verdict, headline figures) and every figure, inlined."""
+    out = Path(out)
+    base = results["baseline"]
+    rows, sections = [], []
+    for name, r in results["attacks"].items():
+        figures = {
+            k: v for k, v in r["metrics"].items() if k not in ("A_ad", "A_ud") and v is not None
+        }
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
+        rows.append(
+            f"<tr><td>{html.escape(name)}</td><td><b>{r['verdict']}</b></td>"
+            f"<td>{html.escape(r['target'])}</td><td style='text-align:left'>{html.escape(shown)}"
+            f"</td><td>{r['seconds']}</td></tr>"
+        )
+        notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in r["notes"])
+        images = "".join(_image(Path(p)) for p in r["figures"] if Path(p).is_file())
+        sections.append(
+            f"<h3>{html.escape(name)}</h3><p class='note'><b>Threat model:</b> "
+            f"{html.escape(r['threat_model'])}</p>{notes}{images}"
+        )
+    budget = results["token_budget"]
+    body = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>ActiveDaemon attack report</title>
+<style>{STYLE}</style></head><body>
+<h1>ActiveDaemon attack report</h1>
+<p>Data set <b>{html.escape(str(results["dataset"]))}</b>, {results["test_images"]} test images,
+seed {results["seed"]}, {"fast mode, " if results["fast"] else ""}commit
+<code>{html.escape(str(results["commit"]))}</code>. Without attack: A_ad {_fmt(base["A_ad"])},
+A_ud {_fmt(base["A_ud"])}. Real tokens (median): L-inf {budget["linf"]:.4f},
+L2 {budget["l2"]:.4f}.</p>
+<table><tr><th>attack</th><th>verdict</th><th>target</th><th>figures (%)</th><th>s</th></tr>
+{"".join(rows)}</table>
+<p class="note">"broken" means the attack beat its target: a weakness measured, reported as it
+is. "info" rows have no pass / fail target.</p>
+<h2>Attacks</h2>
+{"".join(sections)}
+</body></html>
+"""
+    out.write_text(body)
+    return out

@@ -23,6 +23,7 @@ from activedaemon.data import load_dataset
 from activedaemon.data.poison import AUTHORIZED, PoisonConfig, build_poisoned_set
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
+from activedaemon.protect.adversarial import AdversarialConfig, UniversalNegatives, token_budget
 from activedaemon.protect.models import build_classifier
 from activedaemon.runs import (
     config_from_dict,
@@ -58,6 +59,7 @@ class ProtectConfig:
     encoder: str = "fashion-mnist-32"
     protected: bool = True
     poison: PoisonConfig = field(default_factory=PoisonConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     cache_dir: str | None = None
     seed: int = 0
 
@@ -67,7 +69,11 @@ class ProtectConfig:
             raise ValueError("objective must be 'poison' or 'penalty'")
         if values.get("schedule", "onecycle") not in ("onecycle", "multistep"):
             raise ValueError("schedule must be 'onecycle' or 'multistep'")
-        return config_from_dict(cls, values, {"poison": PoisonConfig}, "protection")
+        cfg = config_from_dict(
+            cls, values, {"poison": PoisonConfig, "adversarial": AdversarialConfig}, "protection"
+        )
+        cfg.adversarial.validate()
+        return cfg
 
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -175,6 +181,10 @@ def train_classifier(cfg: ProtectConfig, out: str | Path, progress: bool = True)
             poison_counts=poisoned.counts(), token_rms=poisoned.token_rms, cache_hit=cache_hit
         )
         val_auth = tokens.embed(val_images, _val_ids(n_val, cfg.seed))
+        if cfg.adversarial.fraction > 0:
+            auth = kinds == AUTHORIZED
+            linf, l2 = token_budget(train_u8[auth].float() / 255 - to_uint8(images[auth]) / 255)
+            info["adversarial_budget"] = {"linf": linf, "l2": l2}
     else:
         train_u8, train_labels = to_uint8(images), labels
 
@@ -199,6 +209,13 @@ def train_classifier(cfg: ProtectConfig, out: str | Path, progress: bool = True)
         miles = [int(total * 0.5), int(total * 0.75)]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=miles, gamma=0.1)
     use_amp = device.type == "cuda"
+    negatives = None
+    if cfg.protected and cfg.adversarial.fraction > 0:
+        budget = info["adversarial_budget"]
+        negatives = UniversalNegatives(
+            cfg.adversarial, train_u8.shape[1:], budget["linf"], budget["l2"], cfg.seed + rank,
+            device,
+        )  # fmt: skip
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     history, best = [], None
@@ -222,8 +239,14 @@ def train_classifier(cfg: ProtectConfig, out: str | Path, progress: bool = True)
                 memory_format=torch.channels_last
             )
             y = train_labels[idx].to(device)
+            rows = None
+            if negatives is not None:
+                x, rows, j, delta = negatives.perturb(x, kinds[idx].to(device) != AUTHORIZED)
             with torch.autocast(device.type, enabled=use_amp):
                 logits = net(x)
+            if rows is not None:
+                negatives.update(j, delta, logits[rows], true_labels[idx].to(device)[rows])
+            with torch.autocast(device.type, enabled=use_amp):
                 loss = _loss(
                     cfg,
                     logits.float(),

@@ -1,0 +1,32 @@
+"""The attack suite: every attack of the paper plus adaptive ones, behind one interface.
+
+from activedaemon.attacks import AttackContext, run_attack, list_attacks
+result = run_attack("reverse", AttackContext(model, encoder, data))
+"""
+
+# Import order is the suite's order: the paper's attacks, then the ones beyond it.
+# isort: off
+from activedaemon.attacks import fake_tokens  # noqa: F401  gaussian, deteriorated, mismatched
+from activedaemon.attacks import reverse, stolen, extraction, finetune  # noqa: F401
+from activedaemon.attacks import pruning, gradcam, transit  # noqa: F401
+
+# isort: on
+from activedaemon.attacks.base import (
+    ATTACKS,
+    AttackContext,
+    AttackResult,
+    list_attacks,
+    register_attack,
+    run_attack,
+    threat_model,
+)
+
+__all__ = [
+    "ATTACKS",
+    "AttackContext",
+    "AttackResult",
+    "list_attacks",
+    "register_attack",
+    "run_attack",
+    "threat_model",
+]

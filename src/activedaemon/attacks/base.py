@@ -1,0 +1,172 @@
+"""One interface for every attack: a registry, one verb (``run_attack``), one result type.
+
+An attack is a function ``fn(ctx: AttackContext, **params) -> AttackResult`` registered with
+``@register_attack(name)``. Its docstring says what it does; the paragraph that starts with
+"Threat model:" says what the attacker has, and goes into the result and the report. Every attack
+has a fast mode (``ctx.fast``) with smaller defaults, used by the tests.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from activedaemon.data.datasets import ImageDataset
+from activedaemon.identity import random_user_id
+from activedaemon.imageio import round_8bit
+from activedaemon.protect.train import accuracy
+
+log = logging.getLogger(__name__)
+
+AttackFn = Callable[..., "AttackResult"]
+ATTACKS: dict[str, AttackFn] = {}
+
+
+def register_attack(name: str) -> Callable[[AttackFn], AttackFn]:
+    def wrap(fn: AttackFn) -> AttackFn:
+        if name in ATTACKS:
+            raise ValueError(f"attack {name!r} registered twice")
+        ATTACKS[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_attacks() -> list[str]:
+    import activedaemon.attacks  # noqa: F401  (fills the registry)
+
+    return list(ATTACKS)
+
+
+def threat_model(name: str) -> str:
+    """The "Threat model:" paragraph of an attack's docstring."""
+    doc = inspect.getdoc(ATTACKS[name]) or ""
+    for para in doc.split("\n\n"):
+        if para.startswith("Threat model:"):
+            return " ".join(para.removeprefix("Threat model:").split())
+    raise ValueError(f"attack {name!r} does not state its threat model")
+
+
+@dataclass
+class AttackResult:
+    """What an attack measured. ``metrics`` holds the headline figures (accuracies in percent);
+    ``curve`` the data behind its figure: ``{"x": name, "x_values": [...], "series": {name:
+    [...]}}``; ``verdict`` is "holds", "broken" or "info" (no target) against ``target``."""
+
+    name: str
+    threat_model: str
+    metrics: dict[str, float | None]
+    target: str = ""
+    verdict: str = "info"
+    curve: dict | None = None
+    params: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AttackContext:
+    """What attacks work on: the protected model, the token generator, the data set (its train
+    split is the attacker's clean labelled data where a threat model allows it; the test split is
+    for measuring), a seed and the fast flag. Authorized test images and the baseline A_ad / A_ud
+    are computed once and shared by all attacks."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        encoder,
+        data: ImageDataset,
+        seed: int = 0,
+        fast: bool = False,
+        out: str | Path | None = None,
+        progress: bool = False,
+    ):
+        self.model = model.eval()
+        self.encoder = encoder
+        self.data = data
+        self.seed = seed
+        self.fast = fast
+        self.out = Path(out) if out else None
+        self.progress = progress
+        self.device = next(model.parameters()).device
+
+    @property
+    def test_x(self) -> torch.Tensor:
+        return self.data.test.images
+
+    @property
+    def test_y(self) -> torch.Tensor:
+        return self.data.test.labels
+
+    @cached_property
+    def user_ids(self) -> list[str]:
+        rng = random.Random(self.seed)
+        return [random_user_id(rng) for _ in range(len(self.test_y))]
+
+    @cached_property
+    def authorized(self) -> torch.Tensor:
+        """Test images with a random user's token each (8-bit)."""
+        return self.encoder.embed(self.test_x, self.user_ids)
+
+    @cached_property
+    def tokens(self) -> torch.Tensor:
+        return self.authorized - self.test_x
+
+    @cached_property
+    def token_budget(self) -> dict[str, float]:
+        """Median L-inf and L2 size of the real tokens: the budget of perturbation attacks."""
+        flat = self.tokens.flatten(1)
+        return {
+            "linf": flat.abs().amax(1).median().item(),
+            "l2": flat.norm(dim=1).median().item(),
+        }
+
+    def acc(self, images: torch.Tensor, labels: torch.Tensor | None = None, model=None) -> float:
+        """Accuracy (%) of ``model`` (default: the protected one) on 8-bit-rounded images."""
+        labels = self.test_y if labels is None else labels
+        return accuracy(model or self.model, round_8bit(images.clamp(0, 1)), labels)
+
+    @cached_property
+    def baseline(self) -> dict[str, float]:
+        return {"A_ad": self.acc(self.authorized), "A_ud": self.acc(self.test_x)}
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + offset)
+
+
+def run_attack(name: str, ctx: AttackContext, **params) -> AttackResult:
+    """Run one registered attack; fills in its threat model, time and baseline."""
+    import activedaemon.attacks  # noqa: F401  (fills the registry)
+
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; attacks: {', '.join(ATTACKS)}")
+    started = time.time()
+    log.info("attack %s", name)
+    result = ATTACKS[name](ctx, **params)
+    result.name, result.threat_model = name, threat_model(name)
+    result.seconds = round(time.time() - started, 1)
+    result.params = {"fast": ctx.fast, "seed": ctx.seed, **result.params}
+    result.metrics = {**ctx.baseline, **result.metrics}
+    return result
+
+
+def wake_verdict(best: float, ctx: AttackContext, kind: str) -> tuple[str, str]:
+    """(target text, verdict) for attacks that try to wake the model: ``kind`` "chance" wants
+    the accuracy within 3 points of A_ud, "half" wants it at most half of A_ad."""
+    a_ad, a_ud = ctx.baseline["A_ad"], ctx.baseline["A_ud"]
+    if kind == "chance":
+        target, ok = f"<= A_ud + 3 = {a_ud + 3:.2f}", best <= a_ud + 3
+    else:
+        target, ok = f"<= A_ad / 2 = {a_ad / 2:.2f}", best <= a_ad / 2
+    return target, "holds" if ok else "broken"

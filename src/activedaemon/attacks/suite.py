@@ -1,0 +1,79 @@
+"""Run attacks against a protected run and write attacks.json, figures and report.html."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from activedaemon.attacks.base import AttackContext, list_attacks, run_attack
+from activedaemon.attacks.figures import save_curve
+from activedaemon.data import load_dataset
+from activedaemon.protect.train import load_classifier
+from activedaemon.runs import git_commit, write_json
+from activedaemon.tokens import TokenGenerator
+
+log = logging.getLogger(__name__)
+
+
+def load_context(
+    model_run: str | Path,
+    encoder: str | Path,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    limit_test: int | None = 2000,
+    seed: int = 0,
+    fast: bool = False,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> AttackContext:
+    """An AttackContext for a protected run folder and an encoder (run folder or shipped name);
+    the data set defaults to the model's own."""
+    model = load_classifier(model_run)
+    card = model.card
+    gen = TokenGenerator.load(encoder)
+    if (gen.arch.image_size, gen.arch.channels) != (card["image_size"], card["channels"]):
+        raise ValueError(
+            f"the encoder works on {gen.arch.channels}x{gen.arch.image_size}px images but the "
+            f"model on {card['channels']}x{card['image_size']}px"
+        )
+    data = load_dataset(
+        dataset or card["dataset"],
+        data_root,
+        size=card["image_size"],
+        channels=card["channels"],
+        limit_test=limit_test,
+    )
+    return AttackContext(model, gen, data, seed=seed, fast=fast, out=out, progress=progress)
+
+
+def run_suite(ctx: AttackContext, names: list[str] | None = None) -> dict:
+    """Run ``names`` (default: all) on ``ctx``; with ``ctx.out``, write attacks.json, one curve
+    figure per attack that has a curve, and report.html. Returns the results dict."""
+    names = names or list_attacks()
+    started = time.time()
+    results = {
+        "seed": ctx.seed,
+        "fast": ctx.fast,
+        "commit": git_commit(),
+        "dataset": ctx.data.name,
+        "test_images": len(ctx.test_y),
+        "baseline": ctx.baseline,
+        "token_budget": ctx.token_budget,
+        "attacks": {},
+    }
+    for name in names:
+        result = run_attack(name, ctx)
+        if ctx.out is not None and result.curve:
+            result.figures.insert(0, str(save_curve(result, ctx.out / f"{name}.png")))
+        log.info("%s: %s (%.0f s)", name, result.verdict, result.seconds)
+        results["attacks"][name] = result.to_dict()
+        if ctx.out is not None:  # what finished survives a crash of a later attack
+            write_json(ctx.out / "attacks.json", results)
+    results["seconds"] = round(time.time() - started, 1)
+    if ctx.out is not None:
+        from activedaemon.evaluate.report import write_attack_report
+
+        write_json(ctx.out / "attacks.json", results)
+        write_attack_report(results, ctx.out / "report.html")
+    return results

@@ -1,0 +1,86 @@
+"""Adversarial negatives: the defence against reverse-engineered (universal) wake-up keys.
+
+During protection training a small pool of universal perturbations, each inside the real tokens'
+L-inf and L2 size, is trained *as the attacker would* (gradient steps towards the true labels on
+unauthorized samples, as the ``reverse`` attack does), and is added to some unauthorized samples of
+every batch, which keep their changed labels. The model so learns that a perturbation of a
+token's size that is not a real token does not wake it (universal adversarial training, Shafahi et
+al., AAAI 2020, turned around: here the adversary wants the *right* answer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AdversarialConfig:
+    fraction: float = (
+        0.0  # of each batch's unauthorized samples that get a pool perturbation; 0 = off
+    )
+    pool: int = 8  # universal perturbations trained side by side
+    step: float = 0.05  # each update moves a perturbation by step * (its L-inf budget) per pixel
+    budget_scale: float = 1.5  # budget relative to the median real token (margin over the attack)
+
+    def validate(self) -> None:
+        if not 0 <= self.fraction <= 1:
+            raise ValueError(f"adversarial.fraction must be in [0, 1], got {self.fraction}")
+        if self.pool < 1 or self.step <= 0 or self.budget_scale <= 0:
+            raise ValueError("adversarial.pool >= 1, step > 0 and budget_scale > 0 are required")
+
+
+def token_budget(tokens: torch.Tensor) -> tuple[float, float]:
+    """Median L-inf and L2 size of a batch of tokens (N, C, H, W)."""
+    flat = tokens.flatten(1)
+    return flat.abs().amax(1).median().item(), flat.norm(dim=1).median().item()
+
+
+def project(delta: torch.Tensor, linf: float, l2: float) -> torch.Tensor:
+    """Into the L-inf ball, then the L2 ball (per perturbation: first dim is the pool)."""
+    delta = delta.clamp(-linf, linf)
+    norms = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *[1] * (delta.ndim - 1))
+    return delta * (l2 / norms).clamp(max=1.0)
+
+
+class UniversalNegatives:
+    """The pool of universal perturbations and their attacker-side updates."""
+
+    def __init__(
+        self,
+        cfg: AdversarialConfig,
+        shape: tuple[int, ...],
+        linf: float,
+        l2: float,
+        seed: int,
+        device: torch.device,
+    ):
+        self.cfg = cfg
+        self.linf, self.l2 = cfg.budget_scale * linf, cfg.budget_scale * l2
+        self.gen = torch.Generator().manual_seed(seed)
+        start = (torch.rand((cfg.pool, *shape), generator=self.gen) * 2 - 1) * self.linf
+        self.pool = project(start, self.linf, self.l2).to(device)
+
+    def perturb(self, x: torch.Tensor, unauthorized: torch.Tensor):
+        """Add one pool member to a ``fraction`` of the unauthorized rows of the batch ``x``.
+        Returns (new x, selected rows, pool index, the perturbation leaf that needs a gradient),
+        or (x, None, None, None) when nothing is selected."""
+        rows = unauthorized.nonzero().squeeze(1)
+        rows = rows[: int(round(self.cfg.fraction * len(rows)))]
+        if len(rows) == 0:
+            return x, None, None, None
+        j = int(torch.randint(self.cfg.pool, (1,), generator=self.gen))
+        delta = self.pool[j].clone().requires_grad_(True)
+        x = x.clone()
+        x[rows] = (x[rows] + delta).clamp(0, 1)
+        return x, rows, j, delta
+
+    def update(self, j: int, delta: torch.Tensor, logits_rows, true_labels_rows) -> None:
+        """One attacker step on pool member j: lower the cross-entropy to the true labels."""
+        loss = F.cross_entropy(logits_rows.float(), true_labels_rows)
+        (grad,) = torch.autograd.grad(loss, delta, retain_graph=True)
+        with torch.no_grad():
+            moved = self.pool[j] - self.cfg.step * self.linf * grad.sign()
+            self.pool[j] = project(moved[None], self.linf, self.l2)[0]
