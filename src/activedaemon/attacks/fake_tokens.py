@@ -55,12 +55,9 @@ def deteriorated(ctx: AttackContext, steps: int | None = None) -> AttackResult:
     kept, pasted, decoded = [], [], []
     for frac in fractions:
         mask = (torch.rand((len(ctx.test_y), 1, h, w), generator=gen) < frac).float()
-        if frac >= 1.0:
-            mask.fill_(1.0)
         partial = (ctx.test_x + mask * ctx.tokens).clamp(0, 1)
         kept.append(ctx.acc(partial))
-        ids = ctx.encoder.identify(partial)
-        decoded.append(100 * sum(d == u for d, u in zip(ids, ctx.user_ids, strict=True)) / len(ids))
+        decoded.append(ctx.decode_rate(partial))
         side_h, side_w = round(frac * h), round(frac * w)
         top, left = (h - side_h) // 2, (w - side_w) // 2
         crop = ctx.test_x.clone()
@@ -101,14 +98,13 @@ def mismatched(ctx: AttackContext) -> AttackResult:
     Threat model: the attacker holds authorized images (their own, or seen in transit) and moves
     their tokens onto new images; no encoder.
     """
+    moved = (ctx.test_x + ctx.tokens.roll(1, dims=0)).clamp(0, 1)
     same_user = ctx.encoder.token(ctx.test_x.roll(1, dims=0), ctx.user_ids)
     acc = {
-        "A_td_mismatched": ctx.acc(ctx.test_x + ctx.tokens.roll(1, dims=0)),
+        "A_td_mismatched": ctx.acc(moved),
         "A_td_mismatched_same_user": ctx.acc(ctx.test_x + same_user),
     }
-    ids = ctx.encoder.identify((ctx.test_x + ctx.tokens.roll(1, dims=0)).clamp(0, 1))
-    moved_ids = ctx.user_ids[-1:] + ctx.user_ids[:-1]
-    decoded = 100 * sum(d == u for d, u in zip(ids, moved_ids, strict=True)) / len(ids)
+    decoded = ctx.decode_rate(moved, ctx.user_ids[-1:] + ctx.user_ids[:-1])
     best = max(acc.values())
     target, verdict = wake_verdict(best, ctx, "chance")
     return AttackResult(

@@ -74,7 +74,7 @@ def reverse(
     L-inf and L2 size (median over test tokens), scaled by 0.5/1/2, found by Adam on the
     cross-entropy to the true labels; (b) a Neural-Cleanse mask + pattern with an L1 penalty on
     the mask. Both are fitted on the attacker's clean training images and measured on the test
-    images. The verdict uses (a) at 1x budget and (b).
+    images. The verdict uses the best of (a) at budgets up to 1x and (b).
 
     Threat model: the attacker has the model's weights (white box) and clean labelled data from
     the training distribution, but no token, no authorized image and no encoder.
@@ -95,12 +95,14 @@ def reverse(
     mask, pattern = neural_cleanse(ctx.model, x, y, steps, nc_lambda, 128, ctx.seed, ctx.progress)
     nc_images = (1 - mask) * ctx.test_x + mask * pattern
     nc_acc = ctx.acc(nc_images)
-    at_1x = uap_acc[list(scales).index(1.0)] if 1.0 in scales else None
-    best = max(a for a in (at_1x, nc_acc) if a is not None)
+    # Any budget up to the real token's size counts against the lock.
+    within = [a for sc, a in zip(scales, uap_acc, strict=True) if sc <= 1.0]
+    best_uap = max(within) if within else None
+    best = max(a for a in (best_uap, nc_acc) if a is not None)
     target, verdict = wake_verdict(best, ctx, "half")
     nc_delta = (nc_images - ctx.test_x).flatten(1)
     metrics = {
-        "universal_at_token_budget": at_1x,
+        "universal_within_token_budget": best_uap,
         "neural_cleanse": nc_acc,
         "neural_cleanse_mask_l1": mask.mean().item(),
         "neural_cleanse_l2_over_token_l2": nc_delta.norm(dim=1).median().item() / budget["l2"],

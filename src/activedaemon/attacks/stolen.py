@@ -64,19 +64,15 @@ def stolen(
     residual_pool = ctx.encoder.token(x_pool, victim)
     mean_acc, surrogate_acc, mean_ids, surrogate_ids = [], [], [], []
 
-    def decodes(images: torch.Tensor) -> float:
-        ids = ctx.encoder.identify(images.clamp(0, 1))
-        return 100 * sum(i == victim for i in ids) / len(ids)
-
     for k in counts:
         forged = ctx.test_x + residual_pool[:k].mean(0, keepdim=True)
         mean_acc.append(ctx.acc(forged))
-        mean_ids.append(decodes(forged))
+        mean_ids.append(ctx.decode_rate(forged, victim))
         surrogate = fit_surrogate(x_pool[:k], residual_pool[:k], steps, ctx.seed)
         with torch.no_grad():
             forged = torch.cat([x + surrogate(x) for x in ctx.test_x.split(1024)])
         surrogate_acc.append(ctx.acc(forged))
-        surrogate_ids.append(decodes(forged))
+        surrogate_ids.append(ctx.decode_rate(forged, victim))
     best = max(mean_acc + surrogate_acc)
     target, verdict = wake_verdict(best, ctx, "half")
     metrics = {f"mean_residual_K{k}": a for k, a in zip(counts, mean_acc, strict=True)}

@@ -63,8 +63,7 @@ def transit(ctx: AttackContext) -> AttackResult:
         images = fn(ctx.authorized)
         names.append(name)
         a_ad.append(ctx.acc(images))
-        ids = ctx.encoder.identify(images)
-        decoded.append(100 * sum(d == u for d, u in zip(ids, ctx.user_ids, strict=True)) / len(ids))
+        decoded.append(ctx.decode_rate(images))
     metrics = {f"A_ad {n}": a for n, a in zip(names, a_ad, strict=True)}
     metrics.update({f"decoded {n}": d for n, d in zip(names, decoded, strict=True)})
     return AttackResult(
