@@ -210,6 +210,7 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
         return await run_in_threadpool(gate.answer, blobs, started)
 
     # -- owner endpoints ----------------------------------------------------------------------
+    # {user_id:path}: a given id may hold "/" (any printable ASCII), which a plain segment refuses.
     owner = [Depends(require_admin)]
 
     def _user_out(info, credential: str | None = None) -> dict:
@@ -244,7 +245,7 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
             raise ApiError(404, "not_found", f"no user {user_id!r}") from None
 
     @app.get(
-        "/v1/users/{user_id}",
+        "/v1/users/{user_id:path}",
         response_model=UserDetailOut,
         responses=_errors(401, 404),
         dependencies=owner,
@@ -260,7 +261,7 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
         return _user_out(info)
 
     @app.post(
-        "/v1/users/{user_id}/revoke",
+        "/v1/users/{user_id:path}/revoke",
         response_model=UserOut,
         responses=_errors(401, 404),
         dependencies=owner,
@@ -270,7 +271,7 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
         return _set(user_id, False)
 
     @app.post(
-        "/v1/users/{user_id}/activate",
+        "/v1/users/{user_id:path}/activate",
         response_model=UserOut,
         responses=_errors(401, 404),
         dependencies=owner,
