@@ -4,8 +4,7 @@ A thin shell over :class:`Gatekeeper` (decode, verify, classify) and the :class:
 routes parse requests, enforce size limits and the admin key, and turn outcomes into JSON.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads these signatures at run time.
 import hmac
 import logging
 import time
@@ -25,6 +24,7 @@ from activedaemon.serve.registry import NAME_MAX, UserExists, UserNotFound
 
 log = logging.getLogger(__name__)
 ADMIN_HEADER = "X-Admin-Key"
+ADMIN_KEY_SCHEME = APIKeyHeader(name=ADMIN_HEADER, auto_error=False, description="owner's key")
 
 
 # -- response models (they are the OpenAPI contract) --------------------------------------------
@@ -155,9 +155,8 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
         "token the server reads from the image (ActiveDaemon, NDSS, Sec. V-D).",
     )
     app.add_middleware(BodyLimit, max_bytes=gate.limits.max_request_bytes)
-    admin_header = APIKeyHeader(name=ADMIN_HEADER, auto_error=False)
 
-    def require_admin(key: Annotated[str | None, Depends(admin_header)]) -> None:
+    def require_admin(key: Annotated[str | None, Depends(ADMIN_KEY_SCHEME)]) -> None:
         if key is None or not hmac.compare_digest(key.encode(), expected):
             raise ApiError(401, "unauthorized", f"missing or wrong {ADMIN_HEADER} header")
 
