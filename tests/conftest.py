@@ -12,3 +12,27 @@ def tiny_encoder(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-encoder")
     gen = train_encoder(EncoderTrainConfig.from_dict(QUICK_ENCODER), out, progress=False)
     return gen, out
+
+
+# A protected toy model for the service tests: the shipped encoder's tokens, a width-8 ResNet-18,
+# 2,000 Fashion-MNIST images, 10 epochs (about 10 s on 2 cores; seed 0).
+TINY_PROTECTED = {
+    "encoder": "fashion-mnist-32",
+    "limit_train": 2000,
+    "limit_test": 300,
+    "width": 8,
+    "epochs": 10,
+    "batch_size": 64,
+    "lr": 0.05,
+    "poison": {"gamma": 0.5},
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_protected(tmp_path_factory):
+    """Run folder of a toy protected classifier trained once per test session."""
+    from activedaemon.protect import ProtectConfig, train_classifier
+
+    out = tmp_path_factory.mktemp("tiny-protected")
+    return train_classifier(ProtectConfig.from_dict(TINY_PROTECTED), out, progress=False)

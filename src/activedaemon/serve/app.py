@@ -173,9 +173,16 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         ctype = request.headers.get("content-type", "")
+        if request.url.path == "/v1/predict":
+            await run_in_threadpool(gate.audit_bad_input, time.perf_counter())
         if request.url.path == "/v1/predict" and not ctype.startswith("multipart/form-data"):
             return _json_error(
                 415, "unsupported_media_type", "send the images as multipart/form-data"
+            )
+        missing = [err for err in e.errors() if tuple(err.get("loc", ())) == ("body", "images")]
+        if request.url.path == "/v1/predict" and missing:
+            return _json_error(
+                422, "empty_batch", "send at least one image file in the multipart field 'images'"
             )
         parts = [
             f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
@@ -194,6 +201,15 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
         images: Annotated[list[UploadFile], File(description="one or more PNG / JPEG images")],
     ) -> dict:
         started = time.perf_counter()
+        try:
+            blobs = await _read_uploads(images)
+            return await run_in_threadpool(gate.answer, blobs, started)
+        except ApiError as e:
+            if e.status != 403:  # 403s are audited per image by the gate
+                await run_in_threadpool(gate.audit_bad_input, started)
+            raise
+
+    async def _read_uploads(images: list[UploadFile]) -> list[bytes]:
         if not images:
             raise ApiError(400, "empty_batch", "send at least one image in the field 'images'")
         if len(images) > gate.limits.max_images:
@@ -206,7 +222,7 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
             if len(data) > gate.limits.max_bytes:
                 raise ApiError(413, "too_large", f"image {i} is over {gate.limits.max_bytes} bytes")
             blobs.append(data)
-        return await run_in_threadpool(gate.answer, blobs, started)
+        return blobs
 
     # -- owner endpoints ----------------------------------------------------------------------
     # {user_id:path}: a given id may hold "/" (any printable ASCII), which a plain segment refuses.

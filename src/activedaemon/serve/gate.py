@@ -129,7 +129,8 @@ class Gatekeeper:
         return [found.get(n) if n else None for n in numbers], outcomes
 
     def answer(self, blobs: list[bytes], started: float | None = None) -> dict:
-        """The /v1/predict body for these uploads, or ApiError; every image is audited."""
+        """The /v1/predict body for these uploads, or ApiError. Every decoded image is audited;
+        the caller audits requests rejected as bad input (:meth:`audit_bad_input`)."""
         started = time.perf_counter() if started is None else started
         size, channels = self.generator.arch.image_size, self.generator.arch.channels
 
@@ -137,13 +138,9 @@ class Gatekeeper:
             ms = 1000 * (time.perf_counter() - started)
             self.registry.log_queries((u, o, ms) for u, o in rows)
 
-        try:
-            images = torch.stack(
-                [decode_upload(b, i, channels, size, self.limits) for i, b in enumerate(blobs)]
-            )
-        except ApiError:
-            audit([(None, "bad_input")])
-            raise
+        images = torch.stack(
+            [decode_upload(b, i, channels, size, self.limits) for i, b in enumerate(blobs)]
+        )
         with self._lock:
             users, outcomes = self._claimed_users(images)
         for i, user in enumerate(users):
@@ -169,6 +166,10 @@ class Gatekeeper:
                 for u, y, row in zip(users, labels, probs, strict=True)
             ]  # fmt: skip
         }
+
+    def audit_bad_input(self, started: float) -> None:
+        """One audit row for a /v1/predict request refused before any image was decoded."""
+        self.registry.log_queries([(None, "bad_input", 1000 * (time.perf_counter() - started))])
 
     def _reason(self, index: int, user: UserInfo | None, outcome: str) -> str:
         what = f"image {index}"
