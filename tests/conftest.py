@@ -15,13 +15,13 @@ def tiny_encoder(tmp_path_factory):
 
 
 # A protected toy model for the service tests: the shipped encoder's tokens, a width-8 ResNet-18,
-# 2,000 Fashion-MNIST images, 10 epochs (about 10 s on 2 cores; seed 0).
+# 1,500 Fashion-MNIST images, 6 epochs (about 10 s on 2 idle cores; seed 0).
 TINY_PROTECTED = {
     "encoder": "fashion-mnist-32",
-    "limit_train": 2000,
+    "limit_train": 1500,
     "limit_test": 300,
     "width": 8,
-    "epochs": 10,
+    "epochs": 6,
     "batch_size": 64,
     "lr": 0.05,
     "poison": {"gamma": 0.5},
