@@ -63,7 +63,7 @@ def main() -> None:
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))
     print(f"encoder {args.encoder}, {len(x)} test images, seed {args.seed}")
     print(
-        f"{'layout':<58} {'users':>9} {'P(forge)':>9} | accepted %: "
+        f"{'user/MAC/hash/retry bits':<25} {'users':>10} {'P(forge)':>9} | accepted %: "
         f"{'png':>5} {'q90':>5} {'q75':>5} | hash kept %: {'tok':>5} {'q90':>5} {'q75':>5}"
         f" | lifted token accepted %"
     )
@@ -98,8 +98,9 @@ def main() -> None:
             for d, img, n in zip(decoded, lifted, numbers, strict=True)
         ]
         users = f"{scheme.max_users:,}"
+        layout = f"{scheme.user_bits}/{scheme.mac_bits}/{scheme.hash_bits}/{scheme.retry_bits}"
         print(
-            f"{scheme.describe():<58} {users:>9} {scheme.forgery_probability:9.1e} | "
+            f"{layout:<25} {users:>10} {scheme.forgery_probability:9.1e} | "
             f"{'':12}{accepted[0]:5.1f} {accepted[1]:5.1f} {accepted[2]:5.1f} | {'':13}"
             f"{kept[0]:5.1f} {kept[1]:5.1f} {kept[2]:5.1f} | {100 * np.mean(passed):5.1f}"
         )
