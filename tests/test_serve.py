@@ -230,6 +230,14 @@ def test_bad_input_gets_4xx_json(db_url, tiny_protected, generator, test_images)
         big = b"x" * (limits.max_request_bytes + 1)
         r = client.post("/v1/predict", content=big, headers={"content-type": "multipart/form-data"})
         assert r.status_code == 413
+
+        def chunked():  # no content-length: the limit applies while the body streams in
+            yield b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\n'
+            for _ in range(limits.max_request_bytes // 1000 + 1):
+                yield b"x" * 1000
+
+        r = client.post("/v1/predict", content=chunked(), headers=empty)
+        assert (r.status_code, r.json()["error"]) == (413, "too_large")
         assert client.get("/v1/predict").status_code == 405
         assert client.post("/v1/predict", files=[("images", ("a.png", good, "image/png"))]).json()
     outcomes = [a.outcome for a in gate.registry.audit(100)]

@@ -115,24 +115,30 @@ class BodyLimit:
         too_big = _json_error(413, "too_large", f"request body over {self.max_bytes} bytes")
         if declared > self.max_bytes:
             return await too_big(scope, receive, send)
-        seen, started = 0, False
+        seen, started, overflow = 0, False, False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, overflow
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    overflow = True
                     raise _TooBig
             return message
 
-        async def tracking_send(message):
+        async def guarded_send(message):
             nonlocal started
+            if overflow:  # the app turned our exception into its own error: answer 413 instead
+                if not started:
+                    started = True
+                    await too_big(scope, receive, send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except _TooBig:
             if not started:
                 await too_big(scope, receive, send)
