@@ -95,7 +95,7 @@ def main() -> None:
                 model(x)
 
         def gated(x=x_a) -> None:
-            users, _ = gate._claimed_users(x)
+            users, _, _ = gate.identify_users(x)
             assert all(u is not None and u.active for u in users)
             with torch.inference_mode():
                 torch.softmax(model(x), 1)

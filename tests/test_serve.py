@@ -147,7 +147,7 @@ def test_unknown_clean_revoked_and_mixed_queries_are_denied(service, generator, 
     assert post_images(client, authorized).status_code == 200
     outcomes = [(a.user_id, a.outcome) for a in reversed(gate.registry.audit(100))]
     assert outcomes == (
-        [(None, "unknown")] * 4 + [(None, "undecodable")] * 4 + [(uid, "ok")] * 4
+        [("NotRegd1", "unknown")] * 4 + [(None, "undecodable")] * 4 + [(uid, "ok")] * 4
         + [(uid, "batch_rejected")] * 2 + [(None, "undecodable")] * 2
         + [(uid, "revoked")] * 4 + [(uid, "ok")] * 4
     )  # fmt: skip

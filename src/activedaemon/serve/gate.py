@@ -109,15 +109,16 @@ class Gatekeeper:
         return info, str(Credential(info.number, key, self.scheme))
 
     # -- the query path -----------------------------------------------------------------------
-    def _claimed_users(self, images: torch.Tensor) -> tuple[list[UserInfo | None], list[str]]:
-        """Per image: the registered user its token names (or None) and the outcome so far."""
+    def identify_users(self, images: torch.Tensor) -> tuple[list[UserInfo | None], list[str], list]:
+        """Per image: the registered user its token names (or None), the outcome so far, and the
+        decoded id for the audit log (plain ids; None where none was read)."""
         probs = self.generator.decode_probs(images)
         if self.scheme is None:
             ids = self.generator.codec.decode_batch(probs)
             found = {u.user_id: u for u in self.registry.users(user_ids=[i for i in ids if i])}
             users = [found.get(i) if i else None for i in ids]
             outcomes = ["undecodable" if i is None else "unknown" for i in ids]
-            return users, outcomes
+            return users, outcomes, ids
         numbers, outcomes = [], []
         for bits, image in zip(probs, images, strict=True):
             message = self.generator.codec.decode_detailed(bits).message
@@ -126,7 +127,8 @@ class Gatekeeper:
             outcomes.append("undecodable" if message is None else "bad_mac" if number is None
                             else "unknown")  # fmt: skip
         found = {u.number: u for u in self.registry.users(numbers=[n for n in numbers if n])}
-        return [found.get(n) if n else None for n in numbers], outcomes
+        users = [found.get(n) if n else None for n in numbers]
+        return users, outcomes, [u.user_id if u else None for u in users]
 
     def answer(self, blobs: list[bytes], started: float | None = None) -> dict:
         """The /v1/predict body for these uploads, or ApiError. Every decoded image is audited;
@@ -142,14 +144,14 @@ class Gatekeeper:
             [decode_upload(b, i, channels, size, self.limits) for i, b in enumerate(blobs)]
         )
         with self._lock:
-            users, outcomes = self._claimed_users(images)
+            users, outcomes, decoded = self.identify_users(images)
         for i, user in enumerate(users):
             if user is not None:
                 outcomes[i] = "ok" if user.active else "revoked"
         if any(o != "ok" for o in outcomes):
             bad = next(i for i, o in enumerate(outcomes) if o != "ok")
-            audit([(u.user_id if u else None, o if o != "ok" else "batch_rejected")
-                   for u, o in zip(users, outcomes, strict=True)])  # fmt: skip
+            audit([(d, o if o != "ok" else "batch_rejected")
+                   for d, o in zip(decoded, outcomes, strict=True)])  # fmt: skip
             raise ApiError(403, "forbidden", self._reason(bad, users[bad], outcomes[bad]))
         with self._lock, torch.inference_mode():
             probs = torch.softmax(self.model(images), dim=1)
