@@ -271,7 +271,6 @@ def test_admin_key_required_and_never_logged(db_url, tiny_protected, generator, 
 
 
 def test_schema_migrations_run_in_order(db_url):
-    engine = Registry(db_url).engine if False else None  # noqa: F841 (clarity: no early open)
     partial = create_engine(db_url)
     assert migrate(partial, MIGRATIONS[:1]) == 1  # an old database: tables, no append-only rule
     with partial.begin() as conn:
