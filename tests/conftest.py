@@ -37,3 +37,25 @@ def toy_runs(tmp_path_factory, tiny_encoder):
         ProtectConfig.from_dict({**TOY, "protected": False}), root / "clean", progress=False
     )
     return protected, clean
+
+
+# A protected toy model for the service tests: the shipped encoder's tokens, a width-8 ResNet-18,
+# 1,500 Fashion-MNIST images, 6 epochs (about 10 s on 2 idle cores; seed 0).
+TINY_PROTECTED = {
+    "encoder": "fashion-mnist-32",
+    "limit_train": 1500,
+    "limit_test": 300,
+    "width": 8,
+    "epochs": 6,
+    "batch_size": 64,
+    "lr": 0.05,
+    "poison": {"gamma": 0.5},
+    "seed": 0,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_protected(tmp_path_factory):
+    """Run folder of a toy protected classifier trained once per test session."""
+    out = tmp_path_factory.mktemp("tiny-protected")
+    return train_classifier(ProtectConfig.from_dict(TINY_PROTECTED), out, progress=False)

@@ -1,0 +1,313 @@
+"""The identity-checked inference service (paper Sec. V-D) as a FastAPI app.
+
+A thin shell over :class:`Gatekeeper` (decode, verify, classify) and the :class:`Registry`: the
+routes parse requests, enforce size limits and the admin key, and turn outcomes into JSON.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads these signatures at run time.
+import hmac
+import logging
+import time
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from activedaemon import __version__
+from activedaemon.serve.gate import ApiError, Gatekeeper
+from activedaemon.serve.registry import NAME_MAX, UserExists, UserNotFound
+
+log = logging.getLogger(__name__)
+ADMIN_HEADER = "X-Admin-Key"
+ADMIN_KEY_SCHEME = APIKeyHeader(name=ADMIN_HEADER, auto_error=False, description="owner's key")
+
+
+# -- response models (they are the OpenAPI contract) --------------------------------------------
+class ErrorOut(BaseModel):
+    error: str
+    reason: str
+
+
+class PredictionOut(BaseModel):
+    user_id: str
+    label: int
+    class_name: str
+    probabilities: list[float]
+
+
+class PredictOut(BaseModel):
+    predictions: list[PredictionOut]
+
+
+class NewUser(BaseModel):
+    user_id: str | None = Field(
+        None, description="exactly 8 printable ASCII characters; random when absent"
+    )
+    name: str = Field("", max_length=NAME_MAX)
+
+
+class UserOut(BaseModel):
+    user_id: str
+    number: int
+    name: str
+    status: str
+    created_at: str
+    revoked_at: str | None
+    credential: str | None = Field(
+        None, description="authenticated-id mode only: the user's key material (shown once)"
+    )
+
+
+class UserDetailOut(UserOut):
+    usage: dict[str, int] = Field(description="audited images carrying this id, by outcome")
+
+
+class UsersOut(BaseModel):
+    users: list[UserOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+    ids: str
+    users: int
+
+
+ERRORS = {
+    400: {"model": ErrorOut, "description": "bad input (not an image, wrong size or channels)"},
+    401: {"model": ErrorOut, "description": "missing or wrong admin key"},
+    403: {"model": ErrorOut, "description": "no registered, active user id in the query"},
+    404: {"model": ErrorOut, "description": "no such user"},
+    409: {"model": ErrorOut, "description": "the user exists"},
+    413: {"model": ErrorOut, "description": "too many images, bytes or pixels"},
+    415: {"model": ErrorOut, "description": "not multipart/form-data"},
+    422: {"model": ErrorOut, "description": "malformed request"},
+}
+
+
+def _errors(*codes: int) -> dict:
+    return {c: ERRORS[c] for c in codes}
+
+
+def _json_error(status: int, error: str, reason: str) -> JSONResponse:
+    return JSONResponse({"error": error, "reason": reason}, status_code=status)
+
+
+class BodyLimit:
+    """Pure ASGI middleware: 413 for request bodies over ``max_bytes`` before they are spooled."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        try:
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            declared = 0
+        too_big = _json_error(413, "too_large", f"request body over {self.max_bytes} bytes")
+        if declared > self.max_bytes:
+            return await too_big(scope, receive, send)
+        seen, started, overflow = 0, False, False
+
+        async def counting_receive():
+            nonlocal seen, overflow
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    overflow = True
+                    raise _TooBig
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if overflow:  # the app turned our exception into its own error: answer 413 instead
+                if not started:
+                    started = True
+                    await too_big(scope, receive, send)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _TooBig:
+            if not started:
+                await too_big(scope, receive, send)
+
+
+class _TooBig(Exception):
+    pass
+
+
+def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
+    """The service. ``admin_key`` guards the owner endpoints (compared in constant time)."""
+    if not admin_key:
+        raise ValueError("an admin key is required")
+    expected = admin_key.encode()
+    registry = gate.registry
+    app = FastAPI(
+        title="ActiveDaemon service",
+        version=__version__,
+        description="Answers image queries only for registered, active users whose invisible "
+        "token the server reads from the image (ActiveDaemon, NDSS, Sec. V-D).",
+    )
+    app.add_middleware(BodyLimit, max_bytes=gate.limits.max_request_bytes)
+
+    def require_admin(key: Annotated[str | None, Depends(ADMIN_KEY_SCHEME)]) -> None:
+        if key is None or not hmac.compare_digest(key.encode(), expected):
+            raise ApiError(401, "unauthorized", f"missing or wrong {ADMIN_HEADER} header")
+
+    # -- errors: always {"error", "reason"} JSON, and never a 5xx for a client's mistake -------
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, e: ApiError) -> JSONResponse:
+        return _json_error(e.status, e.error, e.reason)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
+        names = {404: "not_found", 405: "method_not_allowed"}
+        return _json_error(e.status_code, names.get(e.status_code, "http_error"), str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        ctype = request.headers.get("content-type", "")
+        if request.url.path == "/v1/predict":
+            await run_in_threadpool(gate.audit_bad_input, time.perf_counter())
+        if request.url.path == "/v1/predict" and not ctype.startswith("multipart/form-data"):
+            return _json_error(
+                415, "unsupported_media_type", "send the images as multipart/form-data"
+            )
+        missing = [err for err in e.errors() if tuple(err.get("loc", ())) == ("body", "images")]
+        if request.url.path == "/v1/predict" and missing:
+            return _json_error(
+                422, "empty_batch", "send at least one image file in the multipart field 'images'"
+            )
+        parts = [
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
+            for err in e.errors()[:5]
+        ]
+        return _json_error(422, "invalid_request", "; ".join(parts) or "malformed request")
+
+    # -- queries ------------------------------------------------------------------------------
+    @app.post(
+        "/v1/predict",
+        response_model=PredictOut,
+        responses=_errors(400, 403, 413, 415, 422),
+        summary="classify images that carry a registered user's token",
+    )
+    async def predict(
+        images: Annotated[list[UploadFile], File(description="one or more PNG / JPEG images")],
+    ) -> dict:
+        started = time.perf_counter()
+        try:
+            blobs = await _read_uploads(images)
+            return await run_in_threadpool(gate.answer, blobs, started)
+        except ApiError as e:
+            if e.status != 403:  # 403s are audited per image by the gate
+                await run_in_threadpool(gate.audit_bad_input, started)
+            raise
+
+    async def _read_uploads(images: list[UploadFile]) -> list[bytes]:
+        if not images:
+            raise ApiError(400, "empty_batch", "send at least one image in the field 'images'")
+        if len(images) > gate.limits.max_images:
+            raise ApiError(
+                413, "too_many_images", f"at most {gate.limits.max_images} images a request"
+            )
+        blobs = []
+        for i, upload in enumerate(images):
+            data = await upload.read(gate.limits.max_bytes + 1)
+            if len(data) > gate.limits.max_bytes:
+                raise ApiError(413, "too_large", f"image {i} is over {gate.limits.max_bytes} bytes")
+            blobs.append(data)
+        return blobs
+
+    # -- owner endpoints ----------------------------------------------------------------------
+    # {user_id:path}: a given id may hold "/" (any printable ASCII), which a plain segment refuses.
+    owner = [Depends(require_admin)]
+
+    def _user_out(info, credential: str | None = None) -> dict:
+        return {**info.to_dict(), "credential": credential}
+
+    @app.post(
+        "/v1/users",
+        status_code=201,
+        response_model=UserOut,
+        responses=_errors(401, 409, 422),
+        dependencies=owner,
+        summary="register a user (random id unless one is given)",
+    )
+    def add_user(body: NewUser) -> dict:
+        try:
+            info, credential = gate.add_user(body.user_id, body.name)
+        except UserExists as e:
+            raise ApiError(409, "exists", str(e)) from e
+        except ValueError as e:
+            raise ApiError(422, "invalid_request", str(e)) from e
+        log.info("user %s registered", info.user_id)
+        return _user_out(info, credential)
+
+    @app.get("/v1/users", response_model=UsersOut, responses=_errors(401), dependencies=owner)
+    def list_users() -> dict:
+        return {"users": [_user_out(u) for u in registry.list_users()]}
+
+    def _get(user_id: str):
+        try:
+            return registry.get_user(user_id)
+        except UserNotFound:
+            raise ApiError(404, "not_found", f"no user {user_id!r}") from None
+
+    @app.get(
+        "/v1/users/{user_id:path}",
+        response_model=UserDetailOut,
+        responses=_errors(401, 404),
+        dependencies=owner,
+        summary="a user and their usage counts",
+    )
+    def show_user(user_id: str) -> dict:
+        return {**_user_out(_get(user_id)), "usage": registry.usage(user_id)}
+
+    def _set(user_id: str, active: bool) -> dict:
+        _get(user_id)
+        info = registry.set_active(user_id, active)
+        log.info("user %s %s", user_id, info.status)
+        return _user_out(info)
+
+    @app.post(
+        "/v1/users/{user_id:path}/revoke",
+        response_model=UserOut,
+        responses=_errors(401, 404),
+        dependencies=owner,
+        summary="revoke: the next query with this id gets 403",
+    )
+    def revoke(user_id: str) -> dict:
+        return _set(user_id, False)
+
+    @app.post(
+        "/v1/users/{user_id:path}/activate",
+        response_model=UserOut,
+        responses=_errors(401, 404),
+        dependencies=owner,
+        summary="re-activate a revoked user",
+    )
+    def activate(user_id: str) -> dict:
+        return _set(user_id, True)
+
+    @app.get("/healthz", response_model=HealthOut)
+    def healthz() -> dict:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "ids": gate.describe_ids(),
+            "users": registry.count_users(),
+        }
+
+    return app

@@ -1,0 +1,331 @@
+"""The user registry and the append-only query audit log, on SQLAlchemy 2.
+
+SQLite (WAL mode) is the embedded default; PostgreSQL works by URL
+(``postgresql+psycopg://user:pass@host/db``). Tables are made on first open and later schema changes
+run as numbered migration steps recorded in ``schema_version`` (see :data:`MIGRATIONS`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from activedaemon.identity import random_user_id, validate_user_id
+
+log = logging.getLogger(__name__)
+
+ACTIVE, REVOKED = "active", "revoked"
+# Outcomes of one image in a /v1/predict query, as the audit log records them.
+OUTCOMES = ("ok", "undecodable", "unknown", "revoked", "bad_mac", "bad_input", "batch_rejected")
+NAME_MAX = 200
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    # The short user number: the registry's key, and the id field of authenticated tokens.
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(8), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(NAME_MAX), default="")
+    status: Mapped[str] = mapped_column(String(8), default=ACTIVE)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class QueryLog(Base):
+    """One row per image of a query (one row for a request rejected before decoding)."""
+
+    __tablename__ = "query_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    latency_ms: Mapped[float] = mapped_column(Float)
+
+
+# -- migrations ---------------------------------------------------------------------------------
+def _m1_tables(conn: Connection) -> None:
+    Base.metadata.create_all(conn)
+
+
+def _m2_append_only(conn: Connection) -> None:
+    """Make query_log append-only in the database itself, not only in this library."""
+    if conn.dialect.name == "sqlite":
+        for op in ("UPDATE", "DELETE"):
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER IF NOT EXISTS query_log_no_{op.lower()} BEFORE {op} "
+                    "ON query_log BEGIN SELECT RAISE(ABORT, 'query_log is append-only'); END"
+                )
+            )
+    elif conn.dialect.name == "postgresql":
+        conn.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION query_log_append_only() RETURNS trigger AS $$ "
+                "BEGIN RAISE EXCEPTION 'query_log is append-only'; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(text("DROP TRIGGER IF EXISTS query_log_append_only ON query_log"))
+        conn.execute(
+            text(
+                "CREATE TRIGGER query_log_append_only BEFORE UPDATE OR DELETE ON query_log "
+                "FOR EACH STATEMENT EXECUTE FUNCTION query_log_append_only()"
+            )
+        )
+
+
+# Step i brings the schema from version i to i + 1; append new steps, never edit old ones.
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1_tables, _m2_append_only]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: Connection) -> int:
+    conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+    row = conn.execute(text("SELECT max(version) FROM schema_version")).scalar()
+    return int(row or 0)
+
+
+def migrate(engine: Engine, migrations: Sequence[Callable[[Connection], None]] = MIGRATIONS) -> int:
+    """Run the steps the database has not seen yet, each in its own transaction; the version."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":  # two servers starting at once migrate in turn
+            conn.execute(text("SELECT pg_advisory_xact_lock(7460021)"))
+        current = schema_version(conn)
+        if current > len(migrations):
+            raise RuntimeError(
+                f"the database is at schema version {current}, newer than this activedaemon "
+                f"({len(migrations)}); upgrade activedaemon"
+            )
+        for version in range(current, len(migrations)):
+            migrations[version](conn)
+            conn.execute(
+                text("INSERT INTO schema_version (version) VALUES (:v)"), {"v": version + 1}
+            )
+            log.info("registry schema migrated to version %d", version + 1)
+    return len(migrations)
+
+
+# -- the registry -------------------------------------------------------------------------------
+class UserExists(ValueError):
+    """A user with this id already exists."""
+
+
+class UserNotFound(KeyError):
+    """No user with this id."""
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    user_id: str
+    number: int
+    name: str
+    status: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.status == ACTIVE
+
+    def to_dict(self) -> dict:
+        return {
+            "user_id": self.user_id,
+            "number": self.number,
+            "name": self.name,
+            "status": self.status,
+            "created_at": self.created_at.isoformat(),
+            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    time: datetime
+    user_id: str | None
+    outcome: str
+    latency_ms: float
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(t: datetime | None) -> datetime | None:
+    # SQLite stores no time zone; every time we write is UTC.
+    return t.replace(tzinfo=timezone.utc) if t is not None and t.tzinfo is None else t
+
+
+def _info(u: User) -> UserInfo:
+    return UserInfo(
+        u.user_id, u.number, u.name, u.status, _aware(u.created_at), _aware(u.revoked_at)
+    )
+
+
+def sqlite_url(path: str | Path) -> str:
+    return f"sqlite:///{Path(path).expanduser().resolve()}"
+
+
+def _engine(url: str, synchronous: str = "FULL") -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    if parsed.database in (None, "", ":memory:"):
+        raise ValueError("use a file for the SQLite registry (sqlite:///PATH), not :memory:")
+    Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record) -> None:  # every pooled connection
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    return engine
+
+
+class Registry:
+    """Users (id, name, active / revoked) and the query audit log, in one SQL database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _engine(url)  # users: each commit is on disk before the 2xx (fsync)
+        self.version = migrate(self.engine)
+        # Audit rows: committed before the answer too, but without waiting for the disk. They
+        # survive the service being killed; an OS crash or power cut can drop the last few
+        # (SQLite WAL synchronous=NORMAL; PostgreSQL synchronous_commit=off). An fsync per query
+        # would cap the service at the disk's fsync rate.
+        sqlite = self.engine.dialect.name == "sqlite"
+        self._audit_engine = _engine(url, "NORMAL") if sqlite else self.engine
+        self._lock = threading.Lock()  # serialises user creation (numbers, random ids)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self._audit_engine.dispose()
+
+    # -- users --------------------------------------------------------------------------------
+    def add_user(
+        self, user_id: str | None = None, name: str = "", rng: random.Random | None = None
+    ) -> UserInfo:
+        """Register ``user_id`` (a random alphanumeric id when None); UserExists if taken."""
+        if user_id is not None:
+            validate_user_id(user_id)
+        if len(name) > NAME_MAX:
+            raise ValueError(f"a name has at most {NAME_MAX} characters, got {len(name)}")
+        rng = rng or random.SystemRandom()
+        with self._lock:
+            for _ in range(20):
+                uid = user_id if user_id is not None else random_user_id(rng)
+                try:
+                    with Session(self.engine) as s, s.begin():
+                        user = User(user_id=uid, name=name, status=ACTIVE, created_at=_now())
+                        s.add(user)
+                        s.flush()
+                        info = _info(user)
+                    return info
+                except IntegrityError as e:
+                    if user_id is not None:
+                        raise UserExists(f"user {user_id!r} already exists") from e
+        raise RuntimeError("could not draw an unused random user id in 20 tries")
+
+    def get_user(self, user_id: str) -> UserInfo:
+        with Session(self.engine) as s:
+            user = s.scalar(select(User).where(User.user_id == user_id))
+            if user is None:
+                raise UserNotFound(user_id)
+            return _info(user)
+
+    def users(self, user_ids: Iterable[str] = (), numbers: Iterable[int] = ()) -> list[UserInfo]:
+        """The registered users among ``user_ids`` or ``numbers`` (one query for a batch)."""
+        ids, nums = sorted(set(user_ids)), sorted(set(numbers))
+        if not ids and not nums:
+            return []
+        cond = User.user_id.in_(ids) if ids else User.number.in_(nums)
+        with Session(self.engine) as s:
+            return [_info(u) for u in s.scalars(select(User).where(cond))]
+
+    def count_users(self) -> int:
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.count()).select_from(User)) or 0)
+
+    def list_users(self) -> list[UserInfo]:
+        with Session(self.engine) as s:
+            return [_info(u) for u in s.scalars(select(User).order_by(User.number))]
+
+    def set_active(self, user_id: str, active: bool) -> UserInfo:
+        """Revoke or re-activate; takes effect on the next query (nothing is cached)."""
+        with Session(self.engine) as s, s.begin():
+            user = s.scalar(select(User).where(User.user_id == user_id).with_for_update())
+            if user is None:
+                raise UserNotFound(user_id)
+            user.status = ACTIVE if active else REVOKED
+            if active:
+                user.revoked_at = None
+            elif user.revoked_at is None:  # revoking twice keeps the first time
+                user.revoked_at = _now()
+            s.flush()
+            return _info(user)
+
+    # -- audit log ----------------------------------------------------------------------------
+    def log_queries(self, rows: Iterable[tuple[str | None, str, float]]) -> None:
+        """Append (user id or None, outcome, latency ms) rows, all stamped now."""
+        now = _now()
+        records = [
+            {"time": now, "user_id": u, "outcome": o, "latency_ms": float(ms)} for u, o, ms in rows
+        ]
+        if records:
+            with self._audit_engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                conn.execute(QueryLog.__table__.insert(), records)
+
+    def usage(self, user_id: str) -> dict[str, int]:
+        """How many logged images of each outcome carried ``user_id``."""
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(QueryLog.outcome, func.count())
+                .where(QueryLog.user_id == user_id)
+                .group_by(QueryLog.outcome)
+            ).all()
+        return {outcome: int(n) for outcome, n in rows}
+
+    def audit(self, limit: int = 100) -> list[AuditRow]:
+        """The newest ``limit`` audit rows, newest first."""
+        with Session(self.engine) as s:
+            rows = s.scalars(select(QueryLog).order_by(QueryLog.id.desc()).limit(limit)).all()
+            return [AuditRow(_aware(r.time), r.user_id, r.outcome, r.latency_ms) for r in rows]
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))

@@ -1,0 +1,73 @@
+"""Build the service from run folders and start it with uvicorn (`activedaemon serve`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from activedaemon.serve.authid import AuthIdScheme
+from activedaemon.serve.gate import Gatekeeper, Limits
+
+log = logging.getLogger(__name__)
+ADMIN_KEY_ENV = "ACTIVEDAEMON_ADMIN_KEY"
+MASTER_KEY_ENV = "ACTIVEDAEMON_MASTER_KEY"
+MIN_SECRET_CHARS = 16
+
+
+def read_secret(env: str, path: str | Path | None, what: str) -> str:
+    """A secret from a file (first line) or the environment; ValueError if missing or short."""
+    if path is not None:
+        secret = Path(path).expanduser().read_text().strip()
+        source = f"the file {path}"
+    else:
+        secret = os.environ.get(env, "").strip()
+        source = f"${env}"
+    if not secret:
+        raise ValueError(
+            f"no {what}: set the environment variable {env} or pass the flag naming a file; "
+            "the service refuses to start without one"
+        )
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(f"the {what} from {source} is shorter than {MIN_SECRET_CHARS} characters")
+    return secret
+
+
+def build_gatekeeper(
+    model_run: str | Path,
+    encoder: str | Path,
+    db_url: str,
+    limits: Limits | None = None,
+    scheme: AuthIdScheme | None = None,
+    master: bytes | None = None,
+) -> Gatekeeper:
+    """Load the protected classifier, the token decoder and the registry; check they fit."""
+    from activedaemon.protect.train import load_classifier
+    from activedaemon.serve.registry import Registry
+    from activedaemon.tokens import TokenGenerator
+
+    model = load_classifier(model_run)
+    generator = TokenGenerator.load(encoder)
+    card = model.card
+    want = (generator.arch.channels, generator.arch.image_size)
+    if (card["channels"], card["image_size"]) != want:
+        raise ValueError(
+            f"the model takes {card['channels']}x{card['image_size']}px images but the encoder "
+            f"works at {want[0]}x{want[1]}px"
+        )
+    if card.get("protected") and str(card.get("encoder")) != str(encoder):
+        log.warning("the model was protected with encoder %s, serving with %s", card["encoder"],
+                    encoder)  # fmt: skip
+    names = card.get("class_names") or [str(i) for i in range(card["num_classes"])]
+    return Gatekeeper(generator, model, Registry(db_url), names, limits, scheme, master)
+
+
+def serve(gate: Gatekeeper, admin_key: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the service until interrupted (uvicorn, one process)."""
+    import uvicorn
+
+    from activedaemon.serve.app import create_app
+
+    log.info("serving on http://%s:%d (%s, registry %s)", host, port, gate.describe_ids(),
+             gate.registry.dialect)  # fmt: skip
+    uvicorn.run(create_app(gate, admin_key), host=host, port=port, log_level="info")

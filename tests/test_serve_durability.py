@@ -1,0 +1,138 @@
+"""The real server (uvicorn in a subprocess, SQLite registry): kill -9 while users are being added,
+restart, and every user that got a 2xx is there. Then the owner and user CLIs against it."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from activedaemon.cli import main
+from activedaemon.data import load_dataset
+from activedaemon.imageio import write_png
+from activedaemon.serve.registry import sqlite_url
+
+ADMIN_KEY = "durability-admin-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run, db, port, log):
+    env = {**os.environ, "ACTIVEDAEMON_ADMIN_KEY": ADMIN_KEY, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "activedaemon.cli", "serve", "--model", str(run), "--encoder",
+           "fashion-mnist-32", "--db", sqlite_url(db), "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("the server did not answer /healthz within 180 s")
+
+
+def test_kill_9_keeps_every_acknowledged_user(tiny_protected, tmp_path, monkeypatch, capsys):
+    db, log_path = tmp_path / "registry.db", tmp_path / "server.log"
+    port = free_port()
+    with open(log_path, "wb") as log:
+        proc, url = start_server(tiny_protected, db, port, log)
+        acked: list[str] = []
+        stop = threading.Event()
+
+        def add_users() -> None:
+            with httpx.Client(base_url=url, headers={"X-Admin-Key": ADMIN_KEY}, timeout=5) as c:
+                while not stop.is_set():
+                    try:
+                        r = c.post("/v1/users", json={"name": f"user {len(acked)}"})
+                    except httpx.TransportError:
+                        return  # the server is gone
+                    if r.status_code == 201:
+                        acked.append(r.json()["user_id"])
+
+        adder = threading.Thread(target=add_users)
+        adder.start()
+        while len(acked) < 40 and adder.is_alive():
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)  # mid-stream: requests are in flight
+        proc.wait(timeout=30)
+        stop.set()
+        adder.join(timeout=30)
+        assert len(acked) >= 40
+        proc, url = start_server(tiny_protected, db, port, log)
+    try:
+        admin = {"X-Admin-Key": ADMIN_KEY}
+        present = {
+            u["user_id"] for u in httpx.get(f"{url}/v1/users", headers=admin).json()["users"]
+        }
+        missing = set(acked) - present
+        assert not missing, f"{len(missing)} acknowledged users lost: {sorted(missing)[:5]}"
+
+        # The CLIs against the live server: owner adds and revokes, user queries.
+        monkeypatch.setenv("ACTIVEDAEMON_ADMIN_KEY", ADMIN_KEY)
+        assert main(["users", "add", "--id", "cliuser1", "--name", "Cli", "--url", url]) == 0
+        assert main(["users", "list", "--url", url]) == 0
+        assert "cliuser1\tactive" in capsys.readouterr().out
+        data = load_dataset("fashion-mnist", size=32, channels=3, limit_train=0, limit_test=2)
+        paths = [
+            str(write_png(img, tmp_path / f"q{i}.png")) for i, img in enumerate(data.test.images)
+        ]
+        query = [
+            "query",
+            "--url",
+            url,
+            "--user",
+            "cliuser1",
+            "--encoder",
+            "fashion-mnist-32",
+            *paths,
+        ]
+        assert main(query) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert [line.split("\t")[0] for line in out] == paths
+        assert main(["users", "revoke", "cliuser1", "--url", url]) == 0
+        assert main(query) == 1  # denied, with the reason on stderr
+        assert "revoked" in capsys.readouterr().err
+        monkeypatch.setenv("ACTIVEDAEMON_ADMIN_KEY", "wrong-key-but-long-enough")
+        assert main(["users", "list", "--url", url]) == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    server_log = log_path.read_text()
+    assert "POST /v1/users" in server_log  # the access log is there...
+    assert ADMIN_KEY not in server_log  # ...and never shows the key
+
+
+def test_serve_refuses_to_start_without_admin_key(tiny_protected, monkeypatch, capsys):
+    monkeypatch.delenv("ACTIVEDAEMON_ADMIN_KEY", raising=False)
+    argv = ["serve", "--model", str(tiny_protected), "--encoder", "fashion-mnist-32"]
+    assert main(argv) == 2
+    assert "refuses to start" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cmd", [["users", "list"], ["query", "--user", "abcdefgh"]])
+def test_cli_reports_unreachable_service(cmd, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("ACTIVEDAEMON_ADMIN_KEY", ADMIN_KEY)
+    argv = [*cmd, "--url", f"http://127.0.0.1:{free_port()}"]
+    if cmd[0] == "query":
+        argv += ["--encoder", "fashion-mnist-32", str(tmp_path / "x.png")]
+        data = load_dataset("fashion-mnist", size=32, channels=3, limit_train=0, limit_test=1)
+        write_png(data.test.images[0], tmp_path / "x.png")
+    assert main(argv) == 2
+    assert "cannot reach the service" in capsys.readouterr().err
