@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack, wake_verdict
+from activedaemon.imageio import round_8bit
 
 
 def attacker_data(ctx: AttackContext, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +77,9 @@ def reverse(
     the mask. Both are fitted on the attacker's clean training images and measured on the test
     images. The verdict uses the best of (a) at budgets up to 1x and (b).
 
+    Also reported: how many images with the key read as some user id (a service that checks
+    ids refuses the rest).
+
     Threat model: the attacker has the model's weights (white box) and clean labelled data from
     the training distribution, but no token, no authorized image and no encoder.
     """
@@ -101,12 +105,15 @@ def reverse(
     best = max(a for a in (best_uap, nc_acc) if a is not None)
     target, verdict = wake_verdict(best, ctx, "half")
     nc_delta = (nc_images - ctx.test_x).flatten(1)
+    key = deltas.get(1.0, deltas[scales[-1]])
+    read = ctx.encoder.identify(round_8bit((ctx.test_x + key).clamp(0, 1)))
     metrics = {
         "universal_within_token_budget": best_uap,
         "neural_cleanse": nc_acc,
         "neural_cleanse_mask_l1": mask.mean().item(),
         "neural_cleanse_l2_over_token_l2": nc_delta.norm(dim=1).median().item() / budget["l2"],
         "best_accuracy": best,
+        "universal_reads_as_an_id_pct": 100 * sum(r is not None for r in read) / len(read),
         "token_linf": budget["linf"],
         "token_l2": budget["l2"],
     }
@@ -127,12 +134,12 @@ def reverse(
     if ctx.out is not None:
         from activedaemon.attacks.figures import save_image_rows
 
-        k, delta = 8, deltas.get(1.0, deltas[scales[-1]])
+        k = 8
         path = save_image_rows(
             {
                 "clean": ctx.test_x[:k],
                 "authorized": ctx.authorized[:k],
-                "universal perturbation": (ctx.test_x[:k] + delta).clamp(0, 1),
+                "universal perturbation": (ctx.test_x[:k] + key).clamp(0, 1),
                 "neural cleanse": nc_images[:k],
             },
             ctx.out / "reverse_samples.png",
