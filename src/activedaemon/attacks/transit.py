@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -34,7 +35,8 @@ def resize_round_trip(images: torch.Tensor, scale: float) -> torch.Tensor:
     return F.interpolate(small, size=(size, size), mode="bilinear").clamp(0, 1)
 
 
-def transforms(seed: int) -> dict[str, callable]:
+def transforms(seed: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The transit transformations by name, each [0, 1] images -> [0, 1] images."""
     gen = torch.Generator().manual_seed(seed)
     table = {"none": lambda x: x}
     for q in (95, 90, 75, 50):
