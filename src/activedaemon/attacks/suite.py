@@ -9,9 +9,8 @@ from pathlib import Path
 from activedaemon.attacks.base import AttackContext, list_attacks, run_attack
 from activedaemon.attacks.figures import save_curve
 from activedaemon.data import load_dataset
-from activedaemon.protect.train import load_classifier
+from activedaemon.protect.train import load_protected
 from activedaemon.runs import git_commit, write_json
-from activedaemon.tokens import TokenGenerator
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +28,8 @@ def load_context(
 ) -> AttackContext:
     """An AttackContext for a protected run folder and an encoder (run folder or shipped name);
     the data set defaults to the model's own."""
-    model = load_classifier(model_run)
+    model, gen = load_protected(model_run, encoder)
     card = model.card
-    gen = TokenGenerator.load(encoder)
-    if (gen.arch.image_size, gen.arch.channels) != (card["image_size"], card["channels"]):
-        raise ValueError(
-            f"the encoder works on {gen.arch.channels}x{gen.arch.image_size}px images but the "
-            f"model on {card['channels']}x{card['image_size']}px"
-        )
     data = load_dataset(
         dataset or card["dataset"],
         data_root,

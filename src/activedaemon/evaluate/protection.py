@@ -19,7 +19,7 @@ from activedaemon.data import load_dataset
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import round_8bit
 from activedaemon.metrics import image_quality
-from activedaemon.protect.train import accuracy, load_classifier
+from activedaemon.protect.train import accuracy, load_classifier, load_protected
 from activedaemon.runs import git_commit
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.evaluate import decoding_metrics
@@ -42,14 +42,8 @@ def evaluate_protection(
 ) -> dict:
     """The metrics of a protected run, plus a per-user table of 18 ids (9 printable-ASCII,
     9 alphanumeric, as Table VIII)."""
-    model = load_classifier(model_run)
+    model, gen = load_protected(model_run, encoder)
     card = model.card
-    gen = TokenGenerator.load(encoder)
-    if (gen.arch.image_size, gen.arch.channels) != (card["image_size"], card["channels"]):
-        raise ValueError(
-            f"the encoder works on {gen.arch.channels}x{gen.arch.image_size}px images but the "
-            f"model on {card['channels']}x{card['image_size']}px"
-        )
     data = load_dataset(
         card["dataset"],
         data_root,

@@ -333,3 +333,19 @@ def load_classifier(run: str | Path, device: str | torch.device = "cpu") -> torc
     model.load_state_dict(torch.load(run / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     model.card = card
     return model.to(device).eval()
+
+
+def load_protected(
+    run: str | Path, encoder: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, TokenGenerator]:
+    """A protected run's classifier and the token generator that wakes it (run folder or
+    shipped name), checked to work on the same image size and channels."""
+    model = load_classifier(run, device)
+    gen = TokenGenerator.load(encoder, device)
+    card = model.card
+    if (gen.arch.image_size, gen.arch.channels) != (card["image_size"], card["channels"]):
+        raise ValueError(
+            f"the encoder works on {gen.arch.channels}x{gen.arch.image_size}px images but the "
+            f"model on {card['channels']}x{card['image_size']}px"
+        )
+    return model, gen

@@ -42,19 +42,11 @@ def build_gatekeeper(
     master: bytes | None = None,
 ) -> Gatekeeper:
     """Load the protected classifier, the token decoder and the registry; check they fit."""
-    from activedaemon.protect.train import load_classifier
+    from activedaemon.protect.train import load_protected
     from activedaemon.serve.registry import Registry
-    from activedaemon.tokens import TokenGenerator
 
-    model = load_classifier(model_run)
-    generator = TokenGenerator.load(encoder)
+    model, generator = load_protected(model_run, encoder)
     card = model.card
-    want = (generator.arch.channels, generator.arch.image_size)
-    if (card["channels"], card["image_size"]) != want:
-        raise ValueError(
-            f"the model takes {card['channels']}x{card['image_size']}px images but the encoder "
-            f"works at {want[0]}x{want[1]}px"
-        )
     if card.get("protected") and str(card.get("encoder")) != str(encoder):
         log.warning("the model was protected with encoder %s, serving with %s", card["encoder"],
                     encoder)  # fmt: skip
