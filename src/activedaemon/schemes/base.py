@@ -93,6 +93,10 @@ class Scheme:
         the key is in the input (the Gaussian fake-token attack measures it there)."""
         return None
 
+    def extra_metrics(self, ctx) -> dict:
+        """Scheme-specific checks for the report (passport signature, ChaoW exact restore)."""
+        return {}
+
     def key_params(self) -> int:
         """Numbers stored with the model that only the key holder has (passports); 0 otherwise."""
         return 0

@@ -130,6 +130,11 @@ class ChaoW(Scheme):
     def unlock(self, model: nn.Module) -> nn.Module:
         return unlock(model, self.key)
 
+    def extra_metrics(self, ctx) -> dict:
+        restored = unlock(self.locked, self.key).state_dict()
+        exact = all(torch.equal(v, restored[k]) for k, v in self.model.state_dict().items())
+        return {"right_key_restores_exactly": exact}
+
     def forged(self, seed: int) -> nn.Module:
         return unlock(self.locked, f"wrong-key-{seed}")
 

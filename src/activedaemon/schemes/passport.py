@@ -209,5 +209,12 @@ class Passport(Scheme):
         """No passport at all (zeros): every passported layer outputs zero."""
         return set_passports(self.model, random_passports(self.model, 0, zero=True))
 
+    def extra_metrics(self, ctx) -> dict:
+        return {
+            "A_missing_passport": ctx.acc(ctx.test_x, model=self.missing()),
+            "signature_match_pct": signature_match(self.model),
+            "signature_match_forged_pct": signature_match(self.deployed()),
+        }
+
     def key_params(self) -> int:
         return sum(p["gamma"].numel() + p["beta"].numel() for p in self.passports)
