@@ -75,7 +75,13 @@ def measure(scheme, ctx: AttackContext, a_or: float, attacks: tuple[str, ...]) -
         row["A_fk"] = results["gaussian"]["metrics"]["A_td_gaussian_l2"]
     else:
         row["A_fk"] = None
-    return {"row": row, "extra": scheme.extra_metrics(ctx), "attacks": results, "skipped": skipped}
+    return {
+        "row": row,
+        "extra": scheme.extra_metrics(ctx),
+        "not_applicable": dict(scheme.not_applicable),
+        "attacks": results,
+        "skipped": skipped,
+    }
 
 
 def run_compare(

@@ -91,6 +91,9 @@ def write_compare_outputs(results: dict, contexts: dict, out: Path) -> dict[str,
         verdicts = ", ".join(f"{a}: {r['verdict']}" for a, r in entry["attacks"].items())
         skipped = "; ".join(f"{a} ({why})" for a, why in entry["skipped"].items()) or "none"
         extra = ", ".join(f"{k} = {_fmt(v)}" for k, v in entry["extra"].items())
+        na = ", ".join(a for a in entry["not_applicable"] if a not in entry["skipped"])
+        if na:
+            skipped += f"; also not applicable (not requested): {na}"
         items.append(
             f"<li><b>{html.escape(name)}</b>: attacks {html.escape(verdicts)}. Skipped: "
             f"{html.escape(skipped)}. {html.escape(extra)}</li>"
