@@ -323,9 +323,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         **_parse_overrides(args.set),
         **_given_flags(args, ("epochs", "limit_train")),
     }
+    attack_params: dict[str, dict] = {}
+    for key, value in _parse_overrides(args.attack_param).items():
+        attack, _, param = key.partition(".")
+        attack_params.setdefault(attack, {})[param] = (
+            tuple(value) if isinstance(value, list) else value
+        )
     results = run_compare(
         args.out, schemes, args.dataset, args.preset, args.fast, args.seed, overrides,
-        args.limit_test, tuple(a for a in args.attacks.split(",") if a), progress=not args.quiet,
+        args.limit_test, tuple(a for a in args.attacks.split(",") if a),
+        attack_params=attack_params, progress=not args.quiet,
     )  # fmt: skip
     print("  ".join(f"{c:>10}" for c in COLUMNS[:12]))
     for entry in results["schemes"].values():
@@ -694,6 +701,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--preset", default="cpu-small")
     p.add_argument("--attacks", default="pruning,gaussian,finetune,extraction")
+    p.add_argument(
+        "--attack-param",
+        action="append",
+        default=[],
+        metavar="ATTACK.KEY=VALUE",
+        help="cap an attack: extraction.queries=1000, finetune.percents=[1,5]",
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--limit-train", type=int)
     p.add_argument("--limit-test", type=int, default=2000, help="test images (default 2000)")

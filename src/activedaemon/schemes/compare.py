@@ -50,8 +50,15 @@ def compare_config(
     return ProtectConfig.from_dict(values)
 
 
-def measure(scheme, ctx: AttackContext, a_or: float, attacks: tuple[str, ...]) -> dict:
-    """One scheme's row and its attack results (skipped attacks with the reason)."""
+def measure(
+    scheme,
+    ctx: AttackContext,
+    a_or: float,
+    attacks: tuple[str, ...],
+    attack_params: dict[str, dict] | None = None,
+) -> dict:
+    """One scheme's row and its attack results (skipped attacks with the reason);
+    ``attack_params`` caps attacks by name (e.g. {"extraction": {"queries": 1000}})."""
     base = ctx.baseline
     row = {"scheme": scheme.name, "key_in": scheme.key_in, "A_or": a_or, **base}
     row.update(A_od=base["A_ad"] - a_or, A_pd=base["A_ad"] - base["A_ud"])
@@ -66,7 +73,7 @@ def measure(scheme, ctx: AttackContext, a_or: float, attacks: tuple[str, ...]) -
         if name in scheme.not_applicable:
             skipped[name] = scheme.not_applicable[name]
             continue
-        results[name] = run_attack(name, ctx).to_dict()
+        results[name] = run_attack(name, ctx, **(attack_params or {}).get(name, {})).to_dict()
         log.info("%s / %s: %s", scheme.name, name, results[name]["verdict"])
     forged = scheme.forged(ctx.seed + 1)
     if forged is not None:
@@ -95,6 +102,7 @@ def run_compare(
     limit_test: int | None = 2000,
     attacks: tuple[str, ...] = DEFAULT_ATTACKS,
     scheme_options: dict[str, dict] | None = None,
+    attack_params: dict[str, dict] | None = None,
     progress: bool = False,
 ) -> dict:
     """Train the clean baseline and every scheme under ``out``, measure them, and write
@@ -103,7 +111,8 @@ def run_compare(
     limit_test = cfg.limit_test if fast else limit_test
     config = {
         "schemes": list(schemes), "attacks": list(attacks), "preset": preset, "fast": fast,
-        "limit_test": limit_test, "scheme_options": scheme_options or {}, "protect": asdict(cfg),
+        "limit_test": limit_test, "scheme_options": scheme_options or {},
+        "attack_params": attack_params or {}, "protect": asdict(cfg),
     }  # fmt: skip
     out = start_run(out, "compare", config, seed)
     started = time.time()
@@ -127,7 +136,7 @@ def run_compare(
             scheme.deployed(), getattr(scheme, "encoder", None), data, seed=seed, fast=fast,
             out=out / name / "attacks", authorize=scheme.authorize, unlock=scheme.unlock,
         )  # fmt: skip
-        entry = measure(scheme, ctx, a_or, attacks)
+        entry = measure(scheme, ctx, a_or, attacks, attack_params)
         entry["row"]["train_seconds"] = train_seconds
         results["schemes"][name] = entry
         contexts[name] = ctx
