@@ -106,7 +106,6 @@ class ChaoW(Scheme):
         model = load_classifier(clean_run)
         locked = lock(model, self.key)
         torch.save(locked.state_dict(), out / LOCKED_FILE)
-        (out / "card.json").write_text(json.dumps(model.card, default=str))
         changed = sum(
             (a != b).sum().item()
             for (_, a), (_, b) in zip(_layers_weights(model), _layers_weights(locked), strict=True)
