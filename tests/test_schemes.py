@@ -132,7 +132,7 @@ def test_compare_fast_writes_its_outputs(tmp_path):
     results = json.loads((out / "compare.json").read_text())
     assert list(results["schemes"]) == ["activedaemon", "mlock", "adip", "passport", "chaow"]
     rows = {r["scheme"]: r for r in csv.DictReader((out / "compare.csv").open())}
-    assert set(rows) == set(results["schemes"])
+    assert set(rows) == {"none (clean)", *results["schemes"]}
     for name in ("report.html", "samples.png", "pruning.png", "run.json", "config.yaml"):
         assert (out / name).is_file(), name
     run = json.loads((out / "run.json").read_text())
@@ -141,10 +141,9 @@ def test_compare_fast_writes_its_outputs(tmp_path):
     # Table X pattern: passports add parameters and FLOPs, ChaoW adds nothing.
     assert s["passport"]["params"] > s["activedaemon"]["params"]
     assert s["passport"]["flops"] > s["activedaemon"]["flops"]
-    assert (s["chaow"]["params"], s["chaow"]["flops"]) == (
-        s["activedaemon"]["params"],
-        s["activedaemon"]["flops"],
-    )
+    clean = results["clean"]
+    for name in ("activedaemon", "mlock", "adip", "chaow"):
+        assert (s[name]["params"], s[name]["flops"]) == (clean["params"], clean["flops"]), name
     assert s["mlock"]["psnr"] < s["activedaemon"]["psnr"] and s["passport"]["psnr"] is None
     assert "gaussian" in results["schemes"]["chaow"]["skipped"]
     assert "pruning" in results["schemes"]["chaow"]["attacks"]

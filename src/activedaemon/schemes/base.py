@@ -105,13 +105,19 @@ class Scheme:
         """Parameters (plus key numbers kept with the model) and FLOPs of one authorized
         inference (Table X): everything the owner's model computes, passport convolutions
         included."""
-        model = self.unlock(self.deployed()).eval()
-        params = sum(p.numel() for p in model.parameters())
-        x = torch.rand(1, *image_shape, device=next(model.parameters()).device)
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(x)
+        counts = count_params_flops(self.unlock(self.deployed()), image_shape)
         key = self.key_params()
-        return {"params": params + key, "key_params": key, "flops": counter.get_total_flops()}
+        return {**counts, "params": counts["params"] + key, "key_params": key}
+
+
+def count_params_flops(model: nn.Module, image_shape: tuple[int, int, int]) -> dict[str, int]:
+    """Parameters and FLOPs (torch's FlopCounterMode: 2 per multiply-add) of one image."""
+    model = model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.rand(1, *image_shape, device=next(model.parameters()).device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return {"params": params, "flops": counter.get_total_flops()}
 
 
 def clone(model: nn.Module) -> nn.Module:

@@ -26,7 +26,7 @@ from activedaemon.protect.train import (
     train_classifier,
 )
 from activedaemon.runs import finish_run, git_commit, start_run, write_json
-from activedaemon.schemes.base import create_scheme
+from activedaemon.schemes.base import count_params_flops, create_scheme
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,14 @@ def run_compare(
         cfg.dataset, cfg.data_root, size=cfg.image_size, channels=cfg.channels,
         limit_train=cfg.limit_train, limit_test=limit_test,
     )  # fmt: skip
-    a_or = accuracy(load_classifier(clean_run), data.test.images, data.test.labels)
+    clean = load_classifier(clean_run)
+    a_or = accuracy(clean, data.test.images, data.test.labels)
+    clean_row = {"scheme": "none (clean)", "A_or": a_or, "A_ud": a_or, "key_params": 0}
+    clean_row.update(count_params_flops(clean, tuple(data.test.images.shape[1:])))
     results = {
         "seed": seed, "commit": git_commit(), "dataset": cfg.dataset, "preset": preset,
-        "fast": fast, "test_images": len(data.test), "A_or": a_or, "schemes": {},
+        "fast": fast, "test_images": len(data.test), "A_or": a_or, "clean": clean_row,
+        "schemes": {},
     }  # fmt: skip
     contexts = {}
     for name in schemes:

@@ -31,6 +31,7 @@ def write_table(results: dict, path: Path) -> Path:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
+        writer.writerow({k: results["clean"].get(k) for k in COLUMNS})
         for entry in results["schemes"].values():
             writer.writerow({k: entry["row"].get(k) for k in COLUMNS})
     return path
@@ -80,11 +81,10 @@ def write_compare_outputs(results: dict, contexts: dict, out: Path) -> dict[str,
     samples = save_samples(contexts, out / "samples.png")
     pruning = save_pruning(results, out / "pruning.png")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    rows = [results["clean"]] + [e["row"] for e in results["schemes"].values()]
     body = "".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape(_fmt(e['row'].get(c)))}</td>" for c in COLUMNS)
-        + "</tr>"
-        for e in results["schemes"].values()
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in COLUMNS) + "</tr>"
+        for r in rows
     )
     items = []
     for name, entry in results["schemes"].items():
