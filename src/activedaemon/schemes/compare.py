@@ -62,9 +62,12 @@ def measure(
     base = ctx.baseline
     row = {"scheme": scheme.name, "key_in": scheme.key_in, "A_or": a_or, **base}
     row.update(A_od=base["A_ad"] - a_or, A_pd=base["A_ad"] - base["A_ud"])
+    extra = scheme.extra_metrics(ctx)
     if scheme.changes_images:
         q = image_quality(ctx.authorized, ctx.test_x)
         row.update({k: q[k] for k in ("psnr", "ssim", "ergas", "lpips")})
+        if q["lpips"] is None:
+            extra["lpips_reason"] = q["lpips_reason"]
     else:
         row.update(psnr=None, ssim=None, ergas=None, lpips=None)
     row.update(scheme.params_flops(tuple(ctx.test_x.shape[1:])))
@@ -84,7 +87,7 @@ def measure(
         row["A_fk"] = None
     return {
         "row": row,
-        "extra": scheme.extra_metrics(ctx),
+        "extra": extra,
         "not_applicable": dict(scheme.not_applicable),
         "attacks": results,
         "skipped": skipped,
