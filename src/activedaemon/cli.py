@@ -323,12 +323,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         **_parse_overrides(args.set),
         **_given_flags(args, ("epochs", "limit_train")),
     }
-    attack_params: dict[str, dict] = {}
-    for key, value in _parse_overrides(args.attack_param).items():
-        attack, _, param = key.partition(".")
-        attack_params.setdefault(attack, {})[param] = (
-            tuple(value) if isinstance(value, list) else value
-        )
+    attack_params = {  # ATTACK.KEY=VALUE; lists become the tuples attacks take
+        attack: {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        for attack, params in _parse_overrides(args.attack_param).items()
+    }
     results = run_compare(
         args.out, schemes, args.dataset, args.preset, args.fast, args.seed, overrides,
         args.limit_test, tuple(a for a in args.attacks.split(",") if a),
