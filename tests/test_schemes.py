@@ -128,8 +128,12 @@ def test_attack_context_unlocks_a_weight_key(data):
 
 def test_compare_fast_writes_its_outputs(tmp_path):
     out = tmp_path / "cmp"
-    assert main(["compare", "--fast", "--out", str(out), "-q"]) == 0
+    caps = ["--attack-param", "extraction.queries=64", "--attack-param", "finetune.percents=[1]"]
+    assert main(["compare", "--fast", "--out", str(out), "-q", *caps]) == 0
     results = json.loads((out / "compare.json").read_text())
+    mlock_attacks = results["schemes"]["mlock"]["attacks"]
+    assert mlock_attacks["extraction"]["params"]["queries"] == 64
+    assert mlock_attacks["finetune"]["params"]["percents"] == [1]
     assert list(results["schemes"]) == ["activedaemon", "mlock", "adip", "passport", "chaow"]
     rows = {r["scheme"]: r for r in csv.DictReader((out / "compare.csv").open())}
     assert set(rows) == {"none (clean)", *results["schemes"]}
