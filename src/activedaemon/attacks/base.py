@@ -80,7 +80,13 @@ class AttackContext:
     """What attacks work on: the protected model, the token generator, the data set (its train
     split is the attacker's clean labelled data where a threat model allows it; the test split is
     for measuring), a seed and the fast flag. Authorized test images and the baseline A_ad / A_ud
-    are computed once and shared by all attacks."""
+    are computed once and shared by all attacks.
+
+    Compared schemes (activedaemon.schemes) have no encoder: ``authorize`` (images, ids ->
+    authorized images) replaces ``encoder.embed``, and ``unlock`` (model -> the model its key
+    opens; identity for ActiveDaemon) turns any copy of the model into the one an authorized
+    user queries, for schemes whose key lives in the weights. Attacks that need the decoder are
+    not applicable to them (``ctx.encoder`` is None)."""
 
     def __init__(
         self,
@@ -91,9 +97,15 @@ class AttackContext:
         fast: bool = False,
         out: str | Path | None = None,
         progress: bool = False,
+        authorize: Callable[[torch.Tensor, list[str] | str], torch.Tensor] | None = None,
+        unlock: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     ):
+        if encoder is None and authorize is None:
+            raise ValueError("an AttackContext needs an encoder or an authorize function")
         self.model = model.eval()
         self.encoder = encoder
+        self.authorize = authorize or encoder.embed
+        self.unlock = unlock or (lambda m: m)
         self.data = data
         self.seed = seed
         self.fast = fast
@@ -117,7 +129,7 @@ class AttackContext:
     @cached_property
     def authorized(self) -> torch.Tensor:
         """Test images with a random user's token each (8-bit)."""
-        return self.encoder.embed(self.test_x, self.user_ids)
+        return self.authorize(self.test_x, self.user_ids)
 
     @cached_property
     def tokens(self) -> torch.Tensor:
@@ -147,7 +159,10 @@ class AttackContext:
 
     @cached_property
     def baseline(self) -> dict[str, float]:
-        return {"A_ad": self.acc(self.authorized), "A_ud": self.acc(self.test_x)}
+        return {
+            "A_ad": self.acc(self.authorized, model=self.unlock(self.model)),
+            "A_ud": self.acc(self.test_x),
+        }
 
     def generator(self, offset: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed + offset)

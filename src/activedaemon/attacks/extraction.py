@@ -32,11 +32,11 @@ def extraction(
     epochs = epochs or (2 if ctx.fast else 15)
     x, _ = attacker_data(ctx, n)
     metrics = {}
-    for case, queries_x in (
-        ("outsider", x),
-        ("insider", ctx.encoder.embed(x, ctx.user_ids[0])),
+    for case, queries_x, oracle in (
+        ("outsider", x, ctx.model),
+        ("insider", ctx.authorize(x, ctx.user_ids[0]), ctx.unlock(ctx.model)),
     ):
-        answers = _labels_from(ctx.model, queries_x)
+        answers = _labels_from(oracle, queries_x)
         substitute = fit(
             fresh_like(ctx.model), queries_x, answers, epochs, 0.05, ctx.seed,
             progress=ctx.progress, desc=f"copycat ({case})",

@@ -31,7 +31,7 @@ def finetune(
     for p in percents:
         x, y = attacker_data(ctx, max(2, int(len(ctx.data.train) * p / 100)))
         tuned = fit(copy_with_head(ctx.model), x, y, epochs, 0.01, ctx.seed, progress=ctx.progress)
-        a_ad.append(ctx.acc(ctx.authorized, model=tuned))
+        a_ad.append(ctx.acc(ctx.authorized, model=ctx.unlock(tuned)))
         a_ud.append(ctx.acc(ctx.test_x, model=tuned))
         base = fit(fresh_like(ctx.model), x, y, epochs, 0.05, ctx.seed, progress=ctx.progress)
         scratch.append(ctx.acc(ctx.test_x, model=base))

@@ -39,7 +39,7 @@ def pruning(ctx: AttackContext, rates: tuple[float, ...] | None = None) -> Attac
     a_ad, a_ud = [], []
     for rate in rates:
         model = pruned_copy(ctx.model, rate)
-        a_ad.append(ctx.acc(ctx.authorized, model=model))
+        a_ad.append(ctx.acc(ctx.authorized, model=ctx.unlock(model)))
         a_ud.append(ctx.acc(ctx.test_x, model=model))
     start_ad, start_ud = ctx.baseline["A_ad"], ctx.baseline["A_ud"]
     useful = [u for d, u in zip(a_ad, a_ud, strict=True) if d >= 0.8 * start_ad]

@@ -31,6 +31,9 @@ AUTHORIZED, CLEAN, NOISE, MISMATCHED = 0, 1, 2, 3
 KIND_NAMES = {AUTHORIZED: "authorized", CLEAN: "clean", NOISE: "noise", MISMATCHED: "mismatched"}
 
 LabelStrategy = Callable[[torch.Tensor, int, torch.Generator, "PoisonConfig"], torch.Tensor]
+# Makes authorized images from clean ones and user ids: ActiveDaemon's encoder, or a compared
+# scheme's visible patch (activedaemon.schemes). A ``cache_key`` attribute (str) allows caching.
+TokenMaker = Callable[[torch.Tensor, list[str]], torch.Tensor]
 STRATEGIES: dict[str, LabelStrategy] = {}
 
 
@@ -122,9 +125,9 @@ def salt_and_pepper(images: torch.Tensor, amount: float, gen: torch.Generator) -
     return torch.where(hit, value, images)
 
 
-def _cache_key(encoder_dir: Path, cfg: PoisonConfig, images: torch.Tensor) -> str:
+def _cache_key(maker_bytes: bytes, cfg: PoisonConfig, images: torch.Tensor) -> str:
     h = hashlib.sha256()
-    h.update((encoder_dir / WEIGHTS_FILE).read_bytes())
+    h.update(maker_bytes)
     h.update(json.dumps(asdict(cfg), sort_keys=True).encode())
     h.update(str(tuple(images.shape)).encode())
     h.update(to_uint8(images[:: max(1, len(images) // 512)]).numpy().tobytes())  # content sample
@@ -135,21 +138,29 @@ def build_poisoned_set(
     images: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    encoder: str | Path,
+    encoder: str | Path | TokenMaker,
     cfg: PoisonConfig,
     cache_dir: str | Path | None = None,
 ) -> tuple[PoisonedSet, bool]:
     """Make the poisoned set (tokens made once); with ``cache_dir``, reuse a saved one keyed by the
-    encoder's weights, the config and the images. Returns (set, whether it came from the cache)."""
+    encoder's weights (or the token maker's ``cache_key``), the config and the images. ``encoder``
+    is an encoder (run folder or shipped name) or any TokenMaker. Returns (set, whether it came
+    from the cache)."""
     cfg.validate(num_classes)
-    encoder_dir = resolve_encoder_path(encoder)
+    if callable(encoder):
+        maker, key = encoder, getattr(encoder, "cache_key", None)
+        maker_bytes = key.encode() if isinstance(key, str) else None
+    else:
+        encoder_dir = resolve_encoder_path(encoder)
+        maker_bytes = (encoder_dir / WEIGHTS_FILE).read_bytes()
+        maker = None
     cache_file = None
-    if cache_dir is not None:
-        cache_file = Path(cache_dir) / f"poison-{_cache_key(encoder_dir, cfg, images)}.pt"
+    if cache_dir is not None and maker_bytes is not None:
+        cache_file = Path(cache_dir) / f"poison-{_cache_key(maker_bytes, cfg, images)}.pt"
         if cache_file.is_file():
             return PoisonedSet(**torch.load(cache_file, weights_only=True)), True
 
-    gen_t = TokenGenerator.load(encoder_dir)
+    maker = maker or TokenGenerator.load(encoder_dir).embed
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     n = len(images)
@@ -167,7 +178,7 @@ def build_poisoned_set(
         return [rng.choice(pool) if pool else random_user_id(rng) for _ in range(k)]
 
     out = images.clone()
-    authorized = gen_t.embed(images[auth_idx], draw_ids(n_auth))
+    authorized = maker(images[auth_idx], draw_ids(n_auth))
     tokens = authorized - images[auth_idx]
     out[auth_idx] = authorized
     token_rms = tokens.pow(2).mean().sqrt().item() if n_auth else 0.0
@@ -181,7 +192,7 @@ def build_poisoned_set(
     out[noise_idx[half:]] = salt_and_pepper(images[noise_idx[half:]], 0.02, gen)
     # Mismatched: a token made (for a random id) on a different random image, added to this one.
     donors = (mis_idx + torch.randint(1, n, (n_mis,), generator=gen)) % n
-    donor_tokens = gen_t.token(images[donors], draw_ids(n_mis))
+    donor_tokens = maker(images[donors], draw_ids(n_mis)) - images[donors]
     out[mis_idx] = (images[mis_idx] + donor_tokens).clamp(0, 1)
 
     kinds = torch.full((n,), CLEAN, dtype=torch.long)

@@ -20,7 +20,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from activedaemon.data import load_dataset
-from activedaemon.data.poison import AUTHORIZED, PoisonConfig, build_poisoned_set
+from activedaemon.data.poison import AUTHORIZED, PoisonConfig, TokenMaker, build_poisoned_set
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
 from activedaemon.protect.adversarial import AdversarialConfig, UniversalNegatives, token_budget
@@ -137,10 +137,16 @@ def _loss(cfg: ProtectConfig, logits, labels, true_labels, kinds) -> torch.Tenso
     return loss / len(labels)
 
 
-def train_classifier(cfg: ProtectConfig, out: str | Path, progress: bool = True) -> Path | None:
+def train_classifier(
+    cfg: ProtectConfig,
+    out: str | Path,
+    progress: bool = True,
+    token_maker: TokenMaker | None = None,
+) -> Path | None:
     """Train (protected or clean) and write the run folder; returns its path (None on DDP ranks
-    other than 0, which write nothing)."""
-    tokens = TokenGenerator.load(cfg.encoder) if cfg.protected else None
+    other than 0, which write nothing). ``token_maker`` replaces the encoder as the maker of
+    authorized images (a compared scheme's visible patch, activedaemon.schemes)."""
+    tokens = TokenGenerator.load(cfg.encoder) if cfg.protected and not token_maker else None
     if tokens is not None and (tokens.arch.image_size, tokens.arch.channels) != (
         cfg.image_size,
         cfg.channels,
@@ -173,14 +179,14 @@ def train_classifier(cfg: ProtectConfig, out: str | Path, progress: bool = True)
     val_auth = None
     if cfg.protected:
         poisoned, cache_hit = build_poisoned_set(
-            images, labels, data.num_classes, cfg.encoder, cfg.poison, cfg.cache_dir
+            images, labels, data.num_classes, token_maker or cfg.encoder, cfg.poison, cfg.cache_dir
         )
         train_u8, train_labels = poisoned.images, poisoned.labels
         kinds, true_labels = poisoned.kinds, poisoned.true_labels
         info.update(
             poison_counts=poisoned.counts(), token_rms=poisoned.token_rms, cache_hit=cache_hit
         )
-        val_auth = tokens.embed(val_images, _val_ids(n_val, cfg.seed))
+        val_auth = (token_maker or tokens.embed)(val_images, _val_ids(n_val, cfg.seed))
         if cfg.adversarial.fraction > 0:
             auth = kinds == AUTHORIZED
             linf, l2 = token_budget(train_u8[auth].float() / 255 - to_uint8(images[auth]) / 255)
@@ -297,7 +303,7 @@ def train_classifier(cfg: ProtectConfig, out: str | Path, progress: bool = True)
             "channels": cfg.channels,
             "dataset": cfg.dataset,
             "protected": cfg.protected,
-            "encoder": cfg.encoder if cfg.protected else None,
+            "encoder": cfg.encoder if cfg.protected and not token_maker else None,
             "chosen_epoch": best["epoch"],
         }
         (Path(out) / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False))

@@ -1,0 +1,220 @@
+"""Passports (Fan et al., DeepIPR, NeurIPS 2019): passport layers after convolutions.
+
+The normalisation after a passported convolution has no learned affine parameters; its scale
+and bias are gamma = Avg(W * P_gamma) and beta = Avg(W * P_beta), the convolution's own weights
+applied to two secret passport tensors. Training uses the owner's passports and a sign loss
+sum(relu(0.1 - gamma_i b_i)) that writes a signature b (+-1 per channel) into the signs of the
+scales. A forged or missing passport gives other scales and biases, and ruins accuracy. The
+passports are extra numbers stored with the key (Table X: passports add parameters).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from activedaemon.data import load_dataset
+from activedaemon.protect.models import build_classifier, register_classifier, resnet18
+from activedaemon.protect.train import CARD_FILE, WEIGHTS_FILE, accuracy, load_classifier
+from activedaemon.runs import finish_run, seed_everything, start_run
+from activedaemon.schemes.base import Scheme, clone, register_scheme
+
+PASSPORT_HW = 8  # spatial size of a passport; it is average-pooled, so any size works
+
+
+class PassportNorm(nn.Module):
+    """BatchNorm without affine, then gamma * x + beta with gamma, beta from the passports."""
+
+    def __init__(self, conv: nn.Conv2d, seed: int) -> None:
+        super().__init__()
+        self._conv = (conv,)  # a reference, not a submodule (its weights live in the block)
+        self.bn = nn.BatchNorm2d(conv.out_channels, affine=False)
+        gen = torch.Generator().manual_seed(seed)
+        shape = (1, conv.in_channels, PASSPORT_HW, PASSPORT_HW)
+        self.register_buffer("passport_gamma", torch.randn(shape, generator=gen))
+        self.register_buffer("passport_beta", torch.randn(shape, generator=gen))
+        sign = torch.randint(0, 2, (conv.out_channels,), generator=gen) * 2 - 1
+        self.register_buffer("signature", sign.float())
+
+    def scale_bias(self) -> tuple[torch.Tensor, torch.Tensor]:
+        conv = self._conv[0]
+        w = conv.weight
+        gamma = F.conv2d(self.passport_gamma, w, padding=conv.padding).mean((0, 2, 3))
+        beta = F.conv2d(self.passport_beta, w, padding=conv.padding).mean((0, 2, 3))
+        return gamma, beta
+
+    def sign_loss(self) -> torch.Tensor:
+        gamma, _ = self.scale_bias()
+        return F.relu(0.1 - gamma * self.signature).sum()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.scale_bias()
+        return self.bn(x) * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
+
+
+def passport_layers(model: nn.Module) -> list[PassportNorm]:
+    return [m for m in model.modules() if isinstance(m, PassportNorm)]
+
+
+@register_classifier("passport-resnet18")
+def passport_resnet18(num_classes: int, in_channels: int = 3, width: int = 64) -> nn.Module:
+    """The CIFAR ResNet-18 with passport layers in place of every BatchNorm of the last two
+    stages (as DeepIPR passports the deeper layers). Passports are drawn from seed 0 here; the
+    scheme sets the owner's."""
+    net = resnet18(num_classes, in_channels, width)
+    i = 0
+    for stage in (net.layer3, net.layer4):
+        for block in stage:
+            block.bn1, block.bn2 = PassportNorm(block.conv1, i), PassportNorm(block.conv2, i + 1)
+            i += 2
+    return net
+
+
+def set_passports(model: nn.Module, passports: list[dict[str, torch.Tensor]]) -> nn.Module:
+    """A copy of ``model`` with the given passports (one dict of gamma/beta per layer)."""
+    out = clone(model)
+    for layer, p in zip(passport_layers(out), passports, strict=True):
+        layer.passport_gamma.copy_(p["gamma"])
+        layer.passport_beta.copy_(p["beta"])
+    return out
+
+
+def random_passports(model: nn.Module, seed: int, zero: bool = False) -> list[dict]:
+    """Forged passports of the right shapes (N(0, 1), as the owner's), or zeros (no passport)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for layer in passport_layers(model):
+        shape = layer.passport_gamma.shape
+        pair = [torch.zeros(shape) if zero else torch.randn(shape, generator=gen) for _ in "gb"]
+        out.append({"gamma": pair[0], "beta": pair[1]})
+    return out
+
+
+def signature_match(model: nn.Module) -> float:
+    """% of signature bits read back from the signs of the scales (DeepIPR's verification)."""
+    hits = total = 0
+    with torch.no_grad():
+        for layer in passport_layers(model):
+            gamma, _ = layer.scale_bias()
+            hits += (gamma.sign() == layer.signature).sum().item()
+            total += len(gamma)
+    return 100 * hits / max(total, 1)
+
+
+@register_scheme("passport")
+class Passport(Scheme):
+    """DeepIPR passports on a CIFAR ResNet-18 (passports in stages 3-4), trained from scratch
+    with the owner's passports and the sign loss; queries are plain images."""
+
+    key_in = "weights"
+    changes_images = False
+    not_applicable = {
+        "gaussian": "no input token: the key is the passport (A_fk is the forged-passport "
+        "accuracy)",
+        **{
+            n: "needs ActiveDaemon's token decoder or encoder (user-specific tokens)"
+            for n in ("deteriorated", "mismatched", "reverse", "stolen", "transit", "gradcam")
+        },
+    }
+
+    def __init__(
+        self, sign_weight: float = 0.1, passport_seed: int = 2019, forged_seed: int = 12345
+    ) -> None:
+        super().__init__()
+        self.sign_weight, self.forged_seed = sign_weight, forged_seed
+        self.passport_seed = passport_seed  # the owner's passports (the key)
+        self.passports: list[dict] = []
+
+    def train(self, cfg, out, clean_run=None, progress=False) -> Path:
+        cfg = replace(cfg, arch="passport-resnet18", protected=False)
+        out = start_run(out, "scheme-passport", asdict(cfg), cfg.seed)
+        seed_everything(cfg.seed)
+        data = load_dataset(
+            cfg.dataset, cfg.data_root, size=cfg.image_size, channels=cfg.channels,
+            limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+        )  # fmt: skip
+        model = build_classifier(cfg.arch, data.num_classes, cfg.channels, cfg.width)
+        model = set_passports(model, random_passports(model, self.passport_seed))
+        x, y = data.train.images, data.train.labels
+        opt = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=True,
+        )  # fmt: skip
+        steps = max(1, len(x) // cfg.batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps * cfg.epochs)
+        history, started = [], time.time()
+        for epoch in range(cfg.epochs):
+            model.train()
+            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+            loss_sum = sign_sum = 0.0
+            for step in range(steps):
+                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                ce = F.cross_entropy(model(x[idx]), y[idx])
+                sign = sum(layer.sign_loss() for layer in passport_layers(model))
+                loss = ce + self.sign_weight * sign
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum, sign_sum = loss_sum + ce.item(), sign_sum + float(sign.detach())
+            history.append(
+                {"epoch": epoch + 1, "train_ce": round(loss_sum / steps, 4),
+                 "sign_loss": round(sign_sum / steps, 4)}
+            )  # fmt: skip
+        torch.save(model.state_dict(), out / WEIGHTS_FILE)
+        card = {
+            "arch": cfg.arch, "width": cfg.width, "num_classes": data.num_classes,
+            "image_size": cfg.image_size, "channels": cfg.channels, "dataset": cfg.dataset,
+            "protected": True, "encoder": None,
+        }  # fmt: skip
+        (out / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
+        model.card = card
+        finish_run(
+            out,
+            {
+                "history": history,
+                "train_seconds": round(time.time() - started, 1),
+                "signature_match_pct": signature_match(model),
+                "test_acc_right_passport": accuracy(model, data.test.images, data.test.labels),
+            },
+        )
+        self.load(out)
+        return out
+
+    def load(self, run) -> Passport:
+        self.model = load_classifier(run)
+        self.passports = [
+            {"gamma": p.passport_gamma.clone(), "beta": p.passport_beta.clone()}
+            for p in passport_layers(self.model)
+        ]
+        return self
+
+    def deployed(self) -> nn.Module:
+        """The weights without the owner's passports: a thief must guess (forge) them."""
+        return set_passports(self.model, random_passports(self.model, self.forged_seed))
+
+    def unlock(self, model: nn.Module) -> nn.Module:
+        return set_passports(model, self.passports)
+
+    def forged(self, seed: int) -> nn.Module:
+        return set_passports(self.model, random_passports(self.model, seed))
+
+    def missing(self) -> nn.Module:
+        """No passport at all (zeros): every passported layer outputs zero."""
+        return set_passports(self.model, random_passports(self.model, 0, zero=True))
+
+    def extra_metrics(self, ctx) -> dict:
+        return {
+            "A_missing_passport": ctx.acc(ctx.test_x, model=self.missing()),
+            "signature_match_pct": signature_match(self.model),
+            "signature_match_forged_pct": signature_match(self.deployed()),
+        }
+
+    def key_params(self) -> int:
+        return sum(p["gamma"].numel() + p["beta"].numel() for p in self.passports)
