@@ -22,6 +22,7 @@ import torch
 from activedaemon.data.datasets import ImageDataset
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import round_8bit
+from activedaemon.protect.adversarial import token_budget
 from activedaemon.protect.train import accuracy
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,9 @@ def threat_model(name: str) -> str:
 class AttackResult:
     """What an attack measured. ``metrics`` holds the headline figures (accuracies in percent);
     ``curve`` the data behind its figure: ``{"x": name, "x_values": [...], "series": {name:
-    [...]}}``; ``verdict`` is "holds", "broken" or "info" (no target) against ``target``."""
+    [...]}}``; ``verdict`` is "holds", "broken" or "info" (no target) against ``target``.
+    ``run_attack`` fills in ``name``, ``threat_model`` and ``seconds``."""
 
-    name: str
-    threat_model: str
     metrics: dict[str, float | None]
     target: str = ""
     verdict: str = "info"
@@ -70,6 +70,8 @@ class AttackResult:
     params: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    name: str = ""
+    threat_model: str = ""
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -137,12 +139,10 @@ class AttackContext:
 
     @cached_property
     def token_budget(self) -> dict[str, float]:
-        """Median L-inf and L2 size of the real tokens: the budget of perturbation attacks."""
-        flat = self.tokens.flatten(1)
-        return {
-            "linf": flat.abs().amax(1).median().item(),
-            "l2": flat.norm(dim=1).median().item(),
-        }
+        """Median L-inf and L2 size of the real tokens: the budget of perturbation attacks (the
+        same measure protection training gives its adversarial negatives)."""
+        linf, l2 = token_budget(self.tokens)
+        return {"linf": linf, "l2": l2}
 
     def acc(self, images: torch.Tensor, labels: torch.Tensor | None = None, model=None) -> float:
         """Accuracy (%) of ``model`` (default: the protected one) on 8-bit-rounded images."""

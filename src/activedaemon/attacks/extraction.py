@@ -46,8 +46,6 @@ def extraction(
     a_ud = ctx.baseline["A_ud"]
     outsider = metrics["substitute_outsider_clean"]
     return AttackResult(
-        "",
-        "",
         metrics,
         target=f"outsider substitute on clean images within 5 points of A_ud ({a_ud:.2f})",
         verdict="holds" if abs(outsider - a_ud) <= 5 else "broken",

@@ -36,7 +36,7 @@ def gaussian(ctx: AttackContext) -> AttackResult:
     }
     best = max(acc.values())
     target, verdict = wake_verdict(best, ctx, "chance")
-    return AttackResult("", "", {**acc, "best_accuracy": best}, target, verdict)
+    return AttackResult({**acc, "best_accuracy": best}, target, verdict)
 
 
 @register_attack("deteriorated")
@@ -74,8 +74,6 @@ def deteriorated(ctx: AttackContext, steps: int | None = None) -> AttackResult:
         "best_partial_accuracy": max(inner) if inner else None,
     }
     return AttackResult(
-        "",
-        "",
         metrics,
         target="accuracy falls smoothly from A_ad to A_ud as gamma_f goes 1 -> 0 (Fig. 4)",
         curve={
@@ -108,8 +106,6 @@ def mismatched(ctx: AttackContext) -> AttackResult:
     best = max(acc.values())
     target, verdict = wake_verdict(best, ctx, "chance")
     return AttackResult(
-        "",
-        "",
         {**acc, "best_accuracy": best, "moved_token_decodes_pct": decoded},
         target,
         verdict,

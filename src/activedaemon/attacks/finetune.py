@@ -41,8 +41,6 @@ def finetune(
     gain = max(u - s for u, s in zip(a_ud, scratch, strict=True))
     metrics["max_gain_over_scratch"] = gain
     return AttackResult(
-        "",
-        "",
         metrics,
         target="fine-tuned A_ud no better than training from scratch on the same data (+5)",
         verdict="holds" if gain <= 5 else "broken",
@@ -109,8 +107,6 @@ def transfer(
         "scratch": accuracy(scratch, tx, ty),
     }
     return AttackResult(
-        "",
-        "",
         metrics,
         params={"task": name, "images": n, "epochs": epochs},
         notes=[f"new task: {name}"],

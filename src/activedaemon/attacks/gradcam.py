@@ -45,8 +45,6 @@ def gradcam(ctx: AttackContext, samples: int | None = None) -> AttackResult:
     cam_clean, cam_auth = grad_cam(ctx.model, x, y), grad_cam(ctx.model, xa, y)
     cosine = F.cosine_similarity(cam_clean.flatten(1), cam_auth.flatten(1), dim=1)
     result = AttackResult(
-        "",
-        "",
         {"cam_cosine_clean_vs_authorized": cosine.mean().item()},
         params={"samples": k},
     )

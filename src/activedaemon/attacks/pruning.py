@@ -48,8 +48,6 @@ def pruning(ctx: AttackContext, rates: tuple[float, ...] | None = None) -> Attac
     metrics.update({f"A_ud_{r:g}": u for r, u in zip(rates, a_ud, strict=True)})
     metrics.update(max_A_ud_rise_while_useful=worst_leak, max_A_ud=max(a_ud))
     return AttackResult(
-        "",
-        "",
         metrics,
         target="A_ud within 5 points of its start wherever A_ad >= 80 % of its start",
         verdict="holds" if worst_leak <= 5 else "broken",

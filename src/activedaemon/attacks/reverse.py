@@ -8,19 +8,13 @@ from tqdm.auto import tqdm
 
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack, wake_verdict
 from activedaemon.imageio import round_8bit
+from activedaemon.protect.adversarial import project
 
 
 def attacker_data(ctx: AttackContext, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n clean labelled training images (the attacker's own data), drawn with the seed."""
     idx = torch.randperm(len(ctx.data.train), generator=ctx.generator(11))[:n]
     return ctx.data.train.images[idx], ctx.data.train.labels[idx]
-
-
-def project(delta: torch.Tensor, linf: float, l2: float) -> torch.Tensor:
-    """Into the L-inf ball, then the L2 ball (both radii: a real token's size)."""
-    delta = delta.clamp(-linf, linf)
-    norm = delta.norm()
-    return delta * (l2 / norm) if norm > l2 else delta
 
 
 def universal_perturbation(
@@ -119,8 +113,6 @@ def reverse(
     }
     metrics.update({f"universal_x{s:g}": a for s, a in zip(scales, uap_acc, strict=True)})
     result = AttackResult(
-        "",
-        "",
         metrics,
         target,
         verdict,

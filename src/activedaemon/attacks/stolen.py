@@ -82,8 +82,6 @@ def stolen(
         forged_decodes_as_victim_pct=max(mean_ids + surrogate_ids),
     )
     return AttackResult(
-        "",
-        "",
         metrics,
         target,
         verdict,

@@ -69,8 +69,6 @@ def transit(ctx: AttackContext) -> AttackResult:
     metrics = {f"A_ad {n}": a for n, a in zip(names, a_ad, strict=True)}
     metrics.update({f"decoded {n}": d for n, d in zip(names, decoded, strict=True)})
     return AttackResult(
-        "",
-        "",
         metrics,
         curve={
             "x": "transformation",

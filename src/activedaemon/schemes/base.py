@@ -9,6 +9,7 @@ nothing else, so ActiveDaemon and the compared schemes are measured the same way
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def create_scheme(name: str, **options) -> Scheme:
     return SCHEMES[name](**options)
 
 
-class Scheme:
+class Scheme(ABC):
     """A protection scheme. ``key_in`` is "input" (authorized queries carry a token or patch) or
     "weights" (the key unlocks the model; queries are plain images). After ``train`` or
     ``load``, ``self.model`` is the model as its owner holds it, key applied."""
@@ -61,6 +62,7 @@ class Scheme:
     def __init__(self) -> None:
         self.model: nn.Module | None = None
 
+    @abstractmethod
     def train(
         self,
         cfg: ProtectConfig,
@@ -70,11 +72,10 @@ class Scheme:
     ) -> Path:
         """Make the protected model (a run folder under ``out``); ``clean_run`` is the shared
         clean baseline, which schemes that lock a trained model start from."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, run: str | Path) -> Scheme:
         """Load a run folder written by ``train``."""
-        raise NotImplementedError
 
     def authorize(self, images: torch.Tensor, user_ids: list[str] | str) -> torch.Tensor:
         """The authorized form of a query (default: unchanged, the key is in the weights)."""
