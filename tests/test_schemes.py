@@ -139,6 +139,12 @@ def test_compare_fast_writes_its_outputs(tmp_path):
     assert set(rows) == {"none (clean)", *results["schemes"]}
     for name in ("report.html", "samples.png", "pruning.png", "run.json", "config.yaml"):
         assert (out / name).is_file(), name
+    report = (out / "report.html").read_text()
+    for name, entry in results["schemes"].items():  # one attack row per scheme and attack
+        for attack, result in entry["attacks"].items():
+            row = f"<td>{name}</td><td>{attack}</td><td>{result['verdict']}</td>"
+            assert row in report, row
+    assert "max_gain_over_scratch" in report
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "done" and run["seed"] == 0 and run["commit"]
     s = {n: e["row"] for n, e in results["schemes"].items()}

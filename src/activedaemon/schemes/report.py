@@ -17,14 +17,29 @@ from activedaemon.evaluate.report import STYLE, _image  # noqa: E402
 from activedaemon.schemes.compare import COLUMNS  # noqa: E402
 
 N_SAMPLES = 6
+# The figures each attack's verdict rests on, shown in the report's attack table; an attack not
+# listed here shows all its scalar metrics.
+HEADLINES = {
+    "pruning": ("max_A_ud", "A_ad_0.5", "A_ad_0.8"),
+    "gaussian": ("A_td_gaussian_l2", "A_td_gaussian_l2_linf"),
+    "finetune": ("A_ud_p1", "A_ud_p5", "A_ud_p10", "max_gain_over_scratch"),
+    "extraction": ("substitute_outsider_clean", "substitute_insider_clean"),
+}
 
 
 def _fmt(value) -> str:
     if value is None:
-        return "null"
+        return "-"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
+        return f"{value:.3f}" if abs(value) < 1 and value != 0 else f"{value:.2f}"
     return str(value)
+
+
+def headline(attack: str, result: dict) -> str:
+    """'key value, ...' for the metrics that decide ``attack``'s verdict."""
+    metrics = result["metrics"]
+    keys = HEADLINES.get(attack) or [k for k, v in metrics.items() if isinstance(v, (int, float))]
+    return ", ".join(f"{k} {_fmt(metrics[k])}" for k in keys if k in metrics)
 
 
 def write_table(results: dict, path: Path) -> Path:
@@ -86,9 +101,15 @@ def write_compare_outputs(results: dict, contexts: dict, out: Path) -> dict[str,
         "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in COLUMNS) + "</tr>"
         for r in rows
     )
-    items = []
+    items, attack_rows = [], []
     for name, entry in results["schemes"].items():
         verdicts = ", ".join(f"{a}: {r['verdict']}" for a, r in entry["attacks"].items())
+        attack_rows += [
+            f"<tr><td>{html.escape(name)}</td><td>{html.escape(a)}</td>"
+            f"<td>{html.escape(r['verdict'])}</td><td>{html.escape(headline(a, r))}</td>"
+            f"<td>{html.escape(r['target'])}</td></tr>"
+            for a, r in entry["attacks"].items()
+        ]
         skipped = "; ".join(f"{a} ({why})" for a, why in entry["skipped"].items()) or "none"
         extra = ", ".join(f"{k} = {_fmt(v)}" for k, v in entry["extra"].items())
         na = ", ".join(a for a in entry["not_applicable"] if a not in entry["skipped"])
@@ -104,9 +125,12 @@ def write_compare_outputs(results: dict, contexts: dict, out: Path) -> dict[str,
 <p class="note">seed {results["seed"]}, commit {html.escape(results["commit"])}, preset
 {html.escape(results["preset"])}{" (fast)" if results["fast"] else ""}, {results["test_images"]}
 test images. Accuracies in %; A_fk: forged key (Gaussian fake token of the real token's L2, random
-passport, wrong ChaoW key). PSNR/SSIM/ERGAS only where a scheme changes images; LPIPS is null
+passport, wrong ChaoW key). PSNR/SSIM/ERGAS only where a scheme changes images; LPIPS is empty
 where its backbone weights cannot be loaded (offline).</p>
-<table><tr>{head}</tr>{body}</table><ul>{"".join(items)}</ul>{figures}</body></html>
+<table><tr>{head}</tr>{body}</table>
+<h2>Attacks</h2>
+<table><tr><th>scheme</th><th>attack</th><th>verdict</th><th>measured</th><th>target</th></tr>
+{"".join(attack_rows)}</table><ul>{"".join(items)}</ul>{figures}</body></html>
 """
     report = out / "report.html"
     report.write_text(page)
