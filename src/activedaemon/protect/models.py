@@ -88,3 +88,38 @@ def build_classifier(
     mean = mean or [0.5] * in_channels
     std = std or [0.25] * in_channels
     return Normalized(net, mean, std)
+
+
+def stage_names(model: nn.Module) -> list[str]:
+    """The names (within ``model``) of the network's stages, in order, whose outputs the
+    dormancy objective and the dormancy audit look at: a ResNet's ``layer1``..``layer4``, else
+    every top-level child of the network but the last (the classifier head)."""
+    net = model.net if isinstance(model, Normalized) else model
+    prefix = "net." if isinstance(model, Normalized) else ""
+    names = [n for n, _ in net.named_children() if n.startswith("layer")]
+    if not names:
+        names = [n for n, _ in net.named_children()][:-1]
+    return [prefix + n for n in names]
+
+
+class StageTap:
+    """Keeps the outputs of named stages of ``model`` from its latest forward pass (forward
+    hooks; ``close`` removes them): ``tap.outputs[name]`` is the stage's (N, C, H, W) output,
+    still in the graph, so a loss on it trains the stage."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._hooks = [
+            model.get_submodule(name).register_forward_hook(self._keep(name)) for name in names
+        ]
+
+    def _keep(self, name: str):
+        def hook(module, inputs, output):
+            self.outputs[name] = output
+
+        return hook
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self.outputs.clear()

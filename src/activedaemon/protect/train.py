@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
@@ -24,7 +23,13 @@ from activedaemon.data.poison import AUTHORIZED, PoisonConfig, TokenMaker, build
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
 from activedaemon.protect.adversarial import AdversarialConfig, UniversalNegatives, token_budget
-from activedaemon.protect.models import build_classifier
+from activedaemon.protect.models import StageTap, build_classifier, stage_names
+from activedaemon.protect.objectives import (
+    OBJECTIVES,
+    DormancyConfig,
+    TrainBatch,
+    dormancy_term,
+)
 from activedaemon.runs import (
     config_from_dict,
     finish_run,
@@ -53,26 +58,32 @@ class ProtectConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "onecycle"  # or "multistep" (x0.1 at 50 % and 75 % of the epochs)
-    objective: str = "poison"  # CE to poisoned labels; "penalty": eq. (5) L_a - lambda L_u
+    objective: str = "poison"  # protect.objectives: poison (CE to poisoned labels), penalty
+    # (eq. (5) L_a - lambda L_u), uniform (unauthorized samples towards 1/K on every class)
     penalty_lambda: float = 1.0
     val_fraction: float = 0.05  # held out of training to choose the epoch (never the test set)
     encoder: str = "fashion-mnist-32"
     protected: bool = True
     poison: PoisonConfig = field(default_factory=PoisonConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    dormancy: DormancyConfig = field(default_factory=DormancyConfig)
     cache_dir: str | None = None
     seed: int = 0
 
     @classmethod
     def from_dict(cls, values: dict) -> ProtectConfig:
-        if values.get("objective", "poison") not in ("poison", "penalty"):
-            raise ValueError("objective must be 'poison' or 'penalty'")
+        if values.get("objective", "poison") not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}")
         if values.get("schedule", "onecycle") not in ("onecycle", "multistep"):
             raise ValueError("schedule must be 'onecycle' or 'multistep'")
-        cfg = config_from_dict(
-            cls, values, {"poison": PoisonConfig, "adversarial": AdversarialConfig}, "protection"
-        )
+        nested = {
+            "poison": PoisonConfig,
+            "adversarial": AdversarialConfig,
+            "dormancy": DormancyConfig,
+        }
+        cfg = config_from_dict(cls, values, nested, "protection")
         cfg.adversarial.validate()
+        cfg.dormancy.validate()
         return cfg
 
 
@@ -120,21 +131,6 @@ def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
         x = x.float() / 255 if x.dtype == torch.uint8 else x
         correct += (model(x).argmax(1).cpu() == labels[i : i + bs]).sum().item()
     return 100.0 * correct / max(len(images), 1)
-
-
-def _loss(cfg: ProtectConfig, logits, labels, true_labels, kinds) -> torch.Tensor:
-    if cfg.objective == "poison" or kinds is None:
-        return F.cross_entropy(logits, labels)
-    # eq. (5): L_a - lambda L_u with a bounded L_u: authorized samples learn their true label;
-    # unauthorized ones are pushed away from it by -log(1 - p_true) (bounded below by 0).
-    auth = kinds == AUTHORIZED
-    loss = logits.new_zeros(())
-    if auth.any():
-        loss = loss + F.cross_entropy(logits[auth], true_labels[auth], reduction="sum")
-    if (~auth).any():
-        p_true = logits[~auth].softmax(1).gather(1, true_labels[~auth, None]).squeeze(1)
-        loss = loss - cfg.penalty_lambda * torch.log1p(-p_true.clamp(max=1 - 1e-6)).sum()
-    return loss / len(labels)
 
 
 def train_classifier(
@@ -223,6 +219,14 @@ def train_classifier(
             device,
         )  # fmt: skip
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    objective = OBJECTIVES[cfg.objective if cfg.protected else "poison"]
+    dormant = cfg.protected and cfg.dormancy.weight > 0
+    if dormant:
+        known = stage_names(model)
+        unknown = set(cfg.dormancy.stages or []) - set(known)
+        if unknown:
+            raise ValueError(f"dormancy.stages {sorted(unknown)} unknown; stages: {known}")
+        tap = StageTap(model, cfg.dormancy.stages or known)
 
     history, best = [], None
     started = time.time()
@@ -238,7 +242,7 @@ def train_classifier(
             disable=not progress or rank != 0,
             mininterval=1.0,
         )
-        epoch_start, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+        epoch_start, seen, correct, loss_sum, dorm_sum = time.time(), 0, 0, 0.0, 0.0
         for step in bar:
             idx = shard[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             x = (train_u8[idx].to(device).float() / 255).contiguous(
@@ -252,14 +256,18 @@ def train_classifier(
                 logits = net(x)
             if rows is not None:
                 negatives.update(j, delta, logits[rows], true_labels[idx].to(device)[rows])
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = _loss(
-                    cfg,
-                    logits.float(),
-                    y,
-                    None if true_labels is None else true_labels[idx].to(device),
-                    None if kinds is None else kinds[idx].to(device),
-                )
+            batch = TrainBatch(
+                logits.float(),
+                y,
+                None if true_labels is None else true_labels[idx].to(device),
+                None if kinds is None else kinds[idx].to(device),
+                tap.outputs if dormant else {},
+            )
+            loss = objective(batch, cfg.penalty_lambda)
+            if dormant:
+                feature_loss = dormancy_term(cfg.dormancy, batch, data.num_classes)
+                loss = loss + cfg.dormancy.weight * feature_loss
+                dorm_sum += feature_loss.item() * len(y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -275,6 +283,7 @@ def train_classifier(
             "seconds": round(time.time() - epoch_start, 1),
             "train_loss": round(loss_sum / max(seen, 1), 4),
             "train_acc": round(100 * correct / max(seen, 1), 2),
+            **({"train_dormancy_term": round(dorm_sum / max(seen, 1), 4)} if dormant else {}),
             "val_clean_acc": round(accuracy(model, val_images, val_labels), 2),
         }
         if val_auth is not None:
@@ -291,6 +300,8 @@ def train_classifier(
             if best is None or row["val_score"] > best["val_score"]:
                 best = row
                 torch.save(model.state_dict(), Path(out) / WEIGHTS_FILE)
+    if dormant:
+        tap.close()
     if world > 1:
         dist.barrier()
     if rank == 0:

@@ -1,0 +1,139 @@
+"""The dormancy frontier: authorized accuracy (A_od) against what a thief without a token gains,
+for each protection lever alone and combined, all measured in one run.
+
+    python benchmarks/dormancy_frontier.py --out runs/frontier [--settings paper,uniform,...]
+        [--epochs 5] [--limit-train N] [--limit-test 2000] [--seed 0] [--fast]
+
+Trains a clean baseline (A_or) and one protected model per setting on the CPU preset (a run folder
+that already holds weights is reused), then per model: evaluate (A_ad, A_ud, A_od, Gaussian and
+moved tokens), the `dormancy` audit (every thief beside its honest alternative), and the `reverse`
+attack with 1,000 steps at 1x the token's budget. Writes OUT/frontier.json (after every setting),
+frontier.csv and frontier.png (A_od against the largest gain of a thief without a token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from activedaemon.attacks import run_attack
+from activedaemon.attacks.suite import load_context
+from activedaemon.evaluate.protection import evaluate_protection
+from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
+from activedaemon.runs import git_commit, write_json
+
+ENCODER = "fashion-mnist-32"
+UNIFORM = {"objective": "uniform"}
+SETTINGS = {
+    "paper": {},  # Algorithm 2 as the cpu-small preset has it: single hard target
+    "uniform": UNIFORM,
+    "dormancy": {"dormancy": {"weight": 1.0}},
+    "uniform+dormancy": {**UNIFORM, "dormancy": {"weight": 1.0}},
+    "uniform+dormancy-2x2": {**UNIFORM, "dormancy": {"weight": 1.0, "pool": 2}},
+    "uniform+dormancy-w3": {**UNIFORM, "dormancy": {"weight": 3.0}},
+    "uniform+adversarial": {**UNIFORM, "adversarial": {"fraction": 0.5}},
+}
+
+
+def train(name: str, overrides: dict, args: argparse.Namespace, protected: bool = True) -> Path:
+    out = args.out / name
+    record = out / "run.json"
+    if record.is_file() and json.loads(record.read_text())["status"] == "done":
+        return out  # reuse: the same setting was trained to the end before
+    values = {**load_preset("cpu-small"), **overrides, "seed": args.seed, "protected": protected}
+    values["cache_dir"] = str(args.out / "cache")
+    for key in ("epochs", "limit_train"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    train_classifier(ProtectConfig.from_dict(values), out, progress=not args.quiet)
+    return out
+
+
+def measure(name: str, run: Path, clean: Path, args: argparse.Namespace) -> dict:
+    common = {"limit_test": args.limit_test, "seed": args.seed}
+    ev = evaluate_protection(run, ENCODER, clean, per_user_images=100, **common)
+    ctx = load_context(run, ENCODER, fast=args.fast, out=args.out / name / "attacks", **common)
+    audit = run_attack("dormancy", ctx)
+    steps = 30 if args.fast else 1000
+    reverse = run_attack("reverse", ctx, steps=steps, budget_scales=(1.0,))
+    trained = json.loads((run / "run.json").read_text())
+    gains = {k.removeprefix("gain_"): v for k, v in audit.metrics.items() if k.startswith("gain_")}
+    worst = max(gains, key=gains.get)
+    return {
+        "setting": name,
+        "overrides": SETTINGS.get(name, {}),
+        **{k: ev[k] for k in ("A_or", "A_ad", "A_ud", "A_od", "A_td_gaussian", "A_td_mismatched")},
+        "runner_up": audit.metrics["runner_up"],
+        "runner_up_top3": audit.metrics["runner_up_top3"],
+        "max_probe_gain": max(v for k, v in gains.items() if k.startswith("probe")),
+        "max_finetune_gain": max(v for k, v in gains.items() if k.startswith("finetune")),
+        "max_gain": gains[worst],
+        "max_gain_thief": worst,
+        "universal_x1": reverse.metrics["universal_x1"],
+        "neural_cleanse": reverse.metrics["neural_cleanse"],
+        "epoch_seconds": trained["metrics"]["epoch_seconds"],
+        "audit": audit.to_dict(),
+    }
+
+
+def save_figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        ax.scatter(r["max_gain"], r["A_od"])
+        ax.annotate(r["setting"], (r["max_gain"], r["A_od"]), fontsize=7)
+    ax.axvline(3, color="grey", ls=":", lw=1, label="target: gain <= 3")
+    ax.axhline(-3, color="grey", ls="--", lw=1, label="target: A_od >= -3")
+    ax.set_xlabel("largest gain of a thief without a token over its alternative (points)")
+    ax.set_ylabel("A_od = A_ad - A_or (points)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--settings", default="paper,uniform,uniform+dormancy")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--limit-train", type=int)
+    parser.add_argument("--limit-test", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fast", action="store_true", help="attacks in fast mode (smoke test)")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args()
+    names = [s for s in args.settings.split(",") if s]
+    unknown = set(names) - set(SETTINGS)
+    if unknown:
+        parser.error(f"unknown settings {sorted(unknown)}; settings: {', '.join(SETTINGS)}")
+    clean = train("clean", {}, args, protected=False)
+    saved = args.out / "frontier.json"
+    done = json.loads(saved.read_text())["rows"] if saved.is_file() else []
+    rows = [r for r in done if r["setting"] not in names]
+    for name in names:
+        rows.append(measure(name, train(name, SETTINGS[name], args), clean, args))
+        write_json(saved, {"commit": git_commit(), "seed": args.seed, "rows": rows})
+        r = rows[-1]
+        print(
+            f"{name}: A_od {r['A_od']:+.2f}  A_ud {r['A_ud']:.2f}  max gain {r['max_gain']:+.2f} "
+            f"({r['max_gain_thief']})  runner-up {r['runner_up']:.1f}  "
+            f"universal x1 {r['universal_x1']:.1f}",
+            flush=True,
+        )
+    keys = [k for k in rows[0] if k not in ("audit", "overrides", "epoch_seconds")]
+    with (args.out / "frontier.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    save_figure(rows, args.out / "frontier.png")
+
+
+if __name__ == "__main__":
+    main()

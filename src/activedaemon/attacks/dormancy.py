@@ -1,0 +1,244 @@
+"""The dormancy audit: what a thief without a token gets out of the stolen weights, each thief
+beside the honest alternative measured in the same run (random weights of the same architecture,
+or training from scratch on the same labels)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from activedaemon.attacks.base import AttackContext, AttackResult, register_attack
+from activedaemon.attacks.reverse import attacker_data
+from activedaemon.attacks.training import fit, fresh_like
+from activedaemon.protect.models import StageTap, stage_names
+
+GAIN_LIMIT = 3.0  # points a thief may gain over its honest alternative (issue target)
+
+
+@torch.no_grad()
+def stage_features(
+    model: nn.Module, images: torch.Tensor, names: list[str], pool: int = 1, bs: int = 500
+) -> dict[str, torch.Tensor]:
+    """The outputs of the named stages for ``images`` (eval mode), each channel average-pooled to
+    pool x pool and flattened: {name: (N, C * pool * pool)}."""
+    model.eval()
+    device = next(model.parameters()).device
+    tap = StageTap(model, names)
+    feats: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    try:
+        for i in range(0, len(images), bs):
+            model(images[i : i + bs].to(device))
+            for n in names:
+                feats[n].append(F.adaptive_avg_pool2d(tap.outputs[n], pool).flatten(1).cpu())
+    finally:
+        tap.close()
+    return {n: torch.cat(v) for n, v in feats.items()}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, bs: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``images`` (no labels, no gradient):
+    what a thief does to adapt a network to its own data for free. Changes ``model`` in place."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    model.train()
+    for i in range(0, len(images), bs):
+        model(images[i : i + bs])
+    return model.eval()
+
+
+def linear_probe(
+    train_f: torch.Tensor,
+    train_y: torch.Tensor,
+    test_f: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    l2: float = 1e-3,
+    iters: int = 200,
+) -> float:
+    """Accuracy (%) of a multinomial logistic regression (L-BFGS, L2 ``l2``) fitted on
+    standardised features ``train_f`` and measured on ``test_f``."""
+    mean, std = train_f.mean(0), train_f.std(0).clamp(min=1e-6)
+    a, b = (train_f - mean) / std, (test_f - mean) / std
+    w = torch.zeros(a.shape[1], num_classes, requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, bias], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(a @ w + bias, train_y) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return 100.0 * ((b @ w + bias).argmax(1) == test_y).float().mean().item()
+
+
+@torch.no_grad()
+def runner_up(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, int]:
+    """The output-level leak: mask the class the model gives most often (the thief sees it on its
+    own clean images, no labels needed), take the rest's ranking. Returns (% where the top of the
+    rest is the true label, % where the true label is in the rest's top 3, the masked class)."""
+    masked = int(logits.argmax(1).mode().values)
+    rest = logits.clone()
+    rest[:, masked] = -math.inf
+    top3 = rest.topk(3, dim=1).indices
+    first = 100.0 * (top3[:, 0] == labels).float().mean().item()
+    in3 = 100.0 * (top3 == labels[:, None]).any(1).float().mean().item()
+    return first, in3, masked
+
+
+def probe_all_stages(
+    model: nn.Module,
+    names: list[str],
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    pool: int,
+) -> dict[str, float]:
+    """Linear-probe accuracy (%) at every stage, the backbone frozen."""
+    tr = stage_features(model, train_x, names, pool)
+    te = stage_features(model, test_x, names, pool)
+    return {n: linear_probe(tr[n], train_y, te[n], test_y, num_classes) for n in names}
+
+
+def _best_probes(models: list[nn.Module], names: list[str], args) -> dict[str, float]:
+    """Per stage, the best probe accuracy over ``models`` (a network as it is and with its
+    BatchNorm re-estimated: the thief and the alternative get the same two tries)."""
+    runs = [probe_all_stages(m, names, *args) for m in models]
+    return {n: max(r[n] for r in runs) for n in names}
+
+
+def _best_fit(ctx: AttackContext, start: nn.Module, x, y, epochs: int, lrs) -> float:
+    """Clean test accuracy (%) after training a copy of ``start`` on (x, y), best over ``lrs``."""
+    return max(
+        ctx.acc(ctx.test_x, model=fit(copy.deepcopy(start), x, y, epochs, lr, ctx.seed))
+        for lr in lrs
+    )
+
+
+@register_attack("dormancy")
+def dormancy(
+    ctx: AttackContext,
+    percents: tuple[float, ...] | None = None,
+    pools: tuple[int, ...] = (1, 2),
+    finetune_lrs: tuple[float, ...] = (0.01, 0.05),
+    random_inits: int = 3,
+    min_steps: int | None = None,
+    epochs: int | None = None,
+) -> AttackResult:
+    """The dormancy audit. Thieves without a token, each beside its honest alternative measured
+    in the same run:
+    (1) runner-up label: mask the class the model gives most clean images and read the rest's
+    ranking (alternative: chance, 1/K; the true label in the top 3: 3/K);
+    (2) linear probes on the frozen backbone at the output of every stage (channels average-pooled
+    to 1x1 and to 2x2), trained on p % of the labelled training data; the thief also tries the
+    stolen model with its BatchNorm statistics re-estimated on its own images and keeps the
+    better per stage (alternative: the same probes, with the same two tries, on random weights of
+    the same architecture, the best of ``random_inits`` draws: random probe accuracy varies by
+    several points from draw to draw, and an honest user can draw again);
+    (3) full fine-tuning on the same p % (alternative: the same architecture trained from scratch
+    on the same data, epochs and steps); both sides get the best of the same learning rates.
+    Every result says what the thief gains over its alternative; the verdict holds when no thief
+    gains more than 3 points, the runner-up is right no more often than 1/K + 5 and the true
+    label sits in its top 3 no more often than 3/K + 5. Probes and fine-tuning are measured on
+    the clean test images.
+
+    Threat model: the attacker holds the protected model's weights and p % of the labelled clean
+    training data (p = 0 for the runner-up thief), and no token, no authorized image, no encoder.
+    """
+    percents = percents or ((2.0,) if ctx.fast else (0.2, 1.0, 10.0))
+    min_steps = min_steps or (5 if ctx.fast else 100)
+    epochs = epochs or (1 if ctx.fast else 5)
+    lrs = finetune_lrs[:1] if ctx.fast else finetune_lrs
+    k = ctx.data.num_classes
+    names = stage_names(ctx.model)
+    short = {n: n.rpartition(".")[2] for n in names}
+    metrics: dict[str, float] = {}
+    notes: list[str] = []
+
+    with torch.no_grad():
+        logits = ctx.model(ctx.test_x)
+    first, in3, masked = runner_up(logits, ctx.test_y)
+    metrics.update(runner_up=first, runner_up_top3=in3)
+    gains = {"runner_up": first - 100 / k, "runner_up_top3": in3 - 300 / k}
+    notes.append(
+        f"runner-up (class {masked} masked): right {first:.1f} % (chance {100 / k:.1f}), "
+        f"true label in top 3 {in3:.1f} % (chance {300 / k:.1f})"
+    )
+
+    randoms = []
+    for i in range(random_inits):
+        torch.manual_seed(ctx.seed + i)
+        randoms.append(fresh_like(ctx.model))
+    random_model = randoms[0]
+    series: dict[str, list[float]] = {}
+    for p in percents:
+        n = max(2 * k, int(len(ctx.data.train) * p / 100))
+        x, y = attacker_data(ctx, n)
+        tag = f"p{p:g}"
+        # The thief may re-estimate BatchNorm on its images; so may the random-weight baseline.
+        stolen_bn = recalibrate_batchnorm(copy.deepcopy(ctx.model), x)
+        random_bn = [recalibrate_batchnorm(copy.deepcopy(m), x) for m in randoms]
+        for pool in pools:
+            args = (x, y, ctx.test_x, ctx.test_y, k, pool)
+            thief = _best_probes([ctx.model, stolen_bn], names, args)
+            alt = _best_probes(randoms + random_bn, names, args)
+            for name in names:
+                key = f"probe_{short[name]}_pool{pool}_{tag}"
+                metrics[key], metrics[f"random_{key}"] = thief[name], alt[name]
+                gains[key] = thief[name] - alt[name]
+            if pool == pools[0]:
+                series[f"stolen, {p:g} % labels"] = [thief[n] for n in names]
+                series[f"random weights, {p:g} % labels"] = [alt[n] for n in names]
+        # Fine-tuning vs scratch, same data, epochs and steps; each side its best learning rate.
+        ep = max(epochs, math.ceil(min_steps / math.ceil(n / 128)))
+        tuned = _best_fit(ctx, ctx.model, x, y, ep, lrs)
+        scratch = _best_fit(ctx, random_model, x, y, ep, lrs)
+        metrics[f"finetune_{tag}"], metrics[f"scratch_{tag}"] = tuned, scratch
+        gains[f"finetune_{tag}"] = tuned - scratch
+        notes.append(
+            f"{p:g} % labels ({n} images): fine-tuned {tuned:.1f} vs scratch {scratch:.1f} "
+            f"({ep} epochs, lr best of {list(lrs)}); best probe gain over random weights "
+            f"{max(v for g, v in gains.items() if g.startswith('probe') and g.endswith(tag)):+.1f}"
+        )
+    worst = max(gains, key=gains.get)
+    metrics.update({f"gain_{g}": v for g, v in gains.items()})
+    metrics["max_gain"] = gains[worst]
+    probe_and_tune = [v for g, v in gains.items() if not g.startswith("runner_up")]
+    ok = (
+        max(probe_and_tune) <= GAIN_LIMIT
+        and gains["runner_up"] <= 5
+        and gains["runner_up_top3"] <= 5
+    )
+    notes.insert(0, f"largest gain: {worst} {gains[worst]:+.1f} points over its alternative")
+    return AttackResult(
+        metrics,
+        target=f"every thief within +{GAIN_LIMIT:g} of its alternative; runner-up <= 1/K + 5, "
+        "top 3 <= 3/K + 5",
+        verdict="holds" if ok else "broken",
+        curve={
+            "x": f"stage (linear probe, pool {pools[0]}x{pools[0]})",
+            "x_values": [short[n] for n in names],
+            "categorical": True,
+            "series": series,
+        },
+        params={
+            "percents": list(percents),
+            "pools": list(pools),
+            "finetune_lrs": list(lrs),
+            "min_steps": min_steps,
+            "random_inits": random_inits,
+            "epochs": epochs,
+        },
+        notes=notes,
+    )

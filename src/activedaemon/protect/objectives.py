@@ -1,0 +1,118 @@
+"""What protection training minimises: an output objective (registered by name) plus, optionally,
+the feature-level dormancy term.
+
+Output objectives decide what the logits of each kind of sample should be:
+- ``poison``: cross-entropy to the poisoned labels (the paper's Algorithm 2);
+- ``penalty``: eq. (5), L_a - lambda L_u with a bounded L_u;
+- ``uniform``: authorized samples learn their true labels, unauthorized ones the uniform
+  distribution, so that the logits of a clean input carry no ranking of its classes (a hard
+  target label leaves the runner-up class = the true class).
+
+The dormancy term acts inside the network: at each chosen stage, the share of the variance of the
+unauthorized samples' (standardised, pooled) features that their true classes explain. Driving it to
+zero makes the class means coincide, so that no linear read-out of that stage (a thief's probe)
+separates the classes of clean inputs; the owner's labels make it a closed-form, always-converged
+probe instead of a trained one that lags behind the backbone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from activedaemon.data.poison import AUTHORIZED
+
+
+@dataclass
+class TrainBatch:
+    """One batch as the loss terms see it. ``stages`` maps stage names to their outputs (only
+    when the dormancy term is on)."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor  # trained-on labels (poisoned)
+    true_labels: torch.Tensor | None
+    kinds: torch.Tensor | None
+    stages: dict[str, torch.Tensor]
+
+
+Objective = Callable[[TrainBatch, float], torch.Tensor]
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(name: str):
+    def wrap(fn: Objective) -> Objective:
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} registered twice")
+        OBJECTIVES[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_objective("poison")
+def poison_objective(b: TrainBatch, penalty_lambda: float) -> torch.Tensor:
+    return F.cross_entropy(b.logits, b.labels)
+
+
+@register_objective("penalty")
+def penalty_objective(b: TrainBatch, penalty_lambda: float) -> torch.Tensor:
+    # Authorized samples learn their true label; unauthorized ones are pushed away from it by
+    # -log(1 - p_true) (bounded below by 0).
+    auth = b.kinds == AUTHORIZED
+    loss = b.logits.new_zeros(())
+    if auth.any():
+        loss = loss + F.cross_entropy(b.logits[auth], b.true_labels[auth], reduction="sum")
+    if (~auth).any():
+        p_true = b.logits[~auth].softmax(1).gather(1, b.true_labels[~auth, None]).squeeze(1)
+        loss = loss - penalty_lambda * torch.log1p(-p_true.clamp(max=1 - 1e-6)).sum()
+    return loss / len(b.logits)
+
+
+@register_objective("uniform")
+def uniform_objective(b: TrainBatch, penalty_lambda: float) -> torch.Tensor:
+    auth = b.kinds == AUTHORIZED
+    loss = b.logits.new_zeros(())
+    if auth.any():
+        loss = loss + F.cross_entropy(b.logits[auth], b.true_labels[auth], reduction="sum")
+    if (~auth).any():  # cross-entropy to 1/K on every class
+        loss = loss - b.logits[~auth].log_softmax(1).mean(1).sum()
+    return loss / len(b.logits)
+
+
+@dataclass
+class DormancyConfig:
+    weight: float = 0.0  # lambda_d, the feature term's weight; 0 = off
+    stages: list[str] | None = None  # stage names (protect.models.stage_names); None = all
+    pool: int = 1  # each channel average-pooled to pool x pool before the measure
+
+    def validate(self) -> None:
+        if self.weight < 0 or self.pool < 1:
+            raise ValueError("dormancy.weight >= 0 and dormancy.pool >= 1 are required")
+
+
+def class_variance_share(features: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """eta^2 averaged over features: the share of each standardised feature's variance over the
+    batch that the class means explain (0: equal class means; 1: features name the class)."""
+    z = features.flatten(1).float()
+    z = (z - z.mean(0)) / (z.std(0, unbiased=False) + 1e-5)
+    onehot = F.one_hot(labels, k).to(z.dtype)
+    sums = onehot.T @ z  # (K, D): per-class sums
+    between = (sums.pow(2).sum(1) / onehot.sum(0).clamp(min=1)).sum()  # sum_k n_k |m_k|^2
+    return between / z.numel()
+
+
+def dormancy_term(cfg: DormancyConfig, b: TrainBatch, num_classes: int) -> torch.Tensor:
+    """Mean eta^2 over the chosen stages, on the batch's unauthorized samples (clean, noise and
+    moved-token) with their true labels."""
+    rows = b.kinds != AUTHORIZED
+    if rows.sum() < 2 * num_classes or not b.stages:
+        return b.logits.new_zeros(())
+    labels = b.true_labels[rows]
+    shares = []
+    for out in b.stages.values():
+        pooled = F.adaptive_avg_pool2d(out[rows], cfg.pool)
+        shares.append(class_variance_share(pooled, labels, num_classes))
+    return torch.stack(shares).mean()
