@@ -300,6 +300,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
             f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
         )
         print(f"{name:<13} {r['verdict']:<7} {r['target']}\n{'':<13} {shown}")
+        for note in r["notes"]:
+            print(f"{'':<13} {note}")
     if args.json:
         print(f"written to {write_json(args.json, results)}")
     if args.out:

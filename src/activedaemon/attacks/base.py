@@ -70,6 +70,7 @@ class AttackResult:
     params: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    table: list[dict] = field(default_factory=list)  # rows of a detail table (same keys each)
     name: str = ""
     threat_model: str = ""
     seconds: float = 0.0

@@ -111,6 +111,18 @@ def probe_all_stages(
     return {n: linear_probe(tr[n], train_y, te[n], test_y, num_classes) for n in names}
 
 
+def _row(thief: str, p: float, stage: str, acc: float, alt: str, alt_acc: float) -> dict:
+    return {
+        "thief": thief,
+        "labels (%)": p,
+        "stage": stage,
+        "thief (%)": round(acc, 2),
+        "alternative": alt,
+        "alternative (%)": round(alt_acc, 2),
+        "gain": round(acc - alt_acc, 2),
+    }
+
+
 def _best_probes(models: list[nn.Module], names: list[str], args) -> dict[str, float]:
     """Per stage, the best probe accuracy over ``models`` (a network as it is and with its
     BatchNorm re-estimated: the thief and the alternative get the same two tries)."""
@@ -170,6 +182,10 @@ def dormancy(
         logits = ctx.model(ctx.test_x)
     first, in3, masked = runner_up(logits, ctx.test_y)
     metrics.update(runner_up=first, runner_up_top3=in3)
+    table = [
+        _row("runner-up label", 0, "output", first, "chance", 100 / k),
+        _row("true label in runner-up top 3", 0, "output", in3, "chance", 300 / k),
+    ]
     gains = {"runner_up": first - 100 / k, "runner_up_top3": in3 - 300 / k}
     notes.append(
         f"runner-up (class {masked} masked): right {first:.1f} % (chance {100 / k:.1f}), "
@@ -197,6 +213,10 @@ def dormancy(
                 key = f"probe_{short[name]}_pool{pool}_{tag}"
                 metrics[key], metrics[f"random_{key}"] = thief[name], alt[name]
                 gains[key] = thief[name] - alt[name]
+                table.append(
+                    _row(f"linear probe, pool {pool}x{pool}", p, short[name], thief[name],
+                         "random weights", alt[name])
+                )  # fmt: skip
             if pool == pools[0]:
                 series[f"stolen, {p:g} % labels"] = [thief[n] for n in names]
                 series[f"random weights, {p:g} % labels"] = [alt[n] for n in names]
@@ -206,6 +226,7 @@ def dormancy(
         scratch = _best_fit(ctx, random_model, x, y, ep, lrs)
         metrics[f"finetune_{tag}"], metrics[f"scratch_{tag}"] = tuned, scratch
         gains[f"finetune_{tag}"] = tuned - scratch
+        table.append(_row("full fine-tuning", p, "all", tuned, "from scratch", scratch))
         notes.append(
             f"{p:g} % labels ({n} images): fine-tuned {tuned:.1f} vs scratch {scratch:.1f} "
             f"({ep} epochs, lr best of {list(lrs)}); best probe gain over random weights "
@@ -241,4 +262,5 @@ def dormancy(
             "epochs": epochs,
         },
         notes=notes,
+        table=table,
     )

@@ -93,6 +93,18 @@ Model <code>{html.escape(str(results.get("model")))}</code>, encoder
     return out
 
 
+def _table(rows: list[dict] | None) -> str:
+    """An attack's detail table (rows with the same keys), or nothing."""
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
 def write_attack_report(results: dict, out: str | Path) -> Path:
     """Write the attack suite's ``report.html``: one table row per attack (threat model, target,
     verdict, headline figures) and every figure, inlined."""
@@ -113,7 +125,7 @@ def write_attack_report(results: dict, out: str | Path) -> Path:
         images = "".join(_image(Path(p)) for p in r["figures"] if Path(p).is_file())
         sections.append(
             f"<h3>{html.escape(name)}</h3><p class='note'><b>Threat model:</b> "
-            f"{html.escape(r['threat_model'])}</p>{notes}{images}"
+            f"{html.escape(r['threat_model'])}</p>{notes}{_table(r.get('table'))}{images}"
         )
     budget = results["token_budget"]
     body = f"""<!doctype html>
