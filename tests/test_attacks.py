@@ -136,10 +136,11 @@ def test_cli_attack_writes_json_figures_and_report(toy_runs, tiny_encoder, tmp_p
     out = tmp_path / "atk"
     argv = ["attack", "gaussian", "pruning", "--fast", "-q", "--model", str(toy_runs[0]),
             "--encoder", str(tiny_encoder[1]), "--limit-test", "100",
-            "--out", str(out)]  # fmt: skip
+            "--out", str(out), "--attack-param", "pruning.rates=[0, 0.5]"]  # fmt: skip
     assert main(argv) == 0
     saved = json.loads((out / "attacks.json").read_text())
     assert set(saved["attacks"]) == {"gaussian", "pruning"}
+    assert saved["attacks"]["pruning"]["curve"]["x_values"] == [0, 0.5]
     assert (out / "pruning.png").is_file()
     page = (out / "report.html").read_text()
     assert "Threat model" in page and "data:image/png;base64" in page

@@ -50,8 +50,9 @@ def test_stage_taps_and_batchnorm_recalibration():
     model = build_classifier("resnet18", 10, width=4)
     names = stage_names(model)
     assert names == ["net.layer1", "net.layer2", "net.layer3", "net.layer4"]
-    feats = stage_features(model, torch.rand(5, 3, 32, 32), names, pool=2)
-    assert [f.shape for f in feats.values()] == [(5, 16), (5, 32), (5, 64), (5, 128)]
+    feats = stage_features(model, torch.rand(5, 3, 32, 32), names, pools=(1, 2))
+    assert [feats[n, 2].shape for n in names] == [(5, 16), (5, 32), (5, 64), (5, 128)]
+    assert torch.allclose(feats[names[0], 1], feats[names[0], 2].view(5, 4, 4).mean(2), atol=1e-5)
     assert not model.get_submodule("net.layer1")._forward_hooks  # taps removed
     images = 0.8 + 0.1 * torch.rand(64, 3, 32, 32)
     recalibrate_batchnorm(model, images)

@@ -268,6 +268,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attack_params(pairs: list[str]) -> dict[str, dict]:
+    """ATTACK.KEY=VALUE pairs -> {attack: {key: value}}; lists become the tuples attacks take."""
+    return {
+        attack: {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        for attack, params in _parse_overrides(pairs).items()
+    }
+
+
 def _cmd_attack(args: argparse.Namespace) -> int:
     import logging
 
@@ -292,7 +300,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         args.model, args.encoder, args.dataset, args.data_root, args.limit_test, args.seed,
         args.fast, args.out, progress=not args.quiet,
     )  # fmt: skip
-    results = run_suite(ctx, names)
+    results = run_suite(ctx, names, _attack_params(args.attack_param))
     print(f"without attack: A_ad {ctx.baseline['A_ad']:.2f}  A_ud {ctx.baseline['A_ud']:.2f}")
     for name, r in results["attacks"].items():
         figures = {k: v for k, v in r["metrics"].items() if k not in ("A_ad", "A_ud")}
@@ -325,10 +333,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         **_parse_overrides(args.set),
         **_given_flags(args, ("epochs", "limit_train")),
     }
-    attack_params = {  # ATTACK.KEY=VALUE; lists become the tuples attacks take
-        attack: {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-        for attack, params in _parse_overrides(args.attack_param).items()
-    }
+    attack_params = _attack_params(args.attack_param)
     results = run_compare(
         args.out, schemes, args.dataset, args.preset, args.fast, args.seed, overrides,
         args.limit_test, tuple(a for a in args.attacks.split(",") if a),
@@ -686,6 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="small settings (seconds per attack)")
     p.add_argument("--out", help="folder for attacks.json, figures and report.html")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument(
+        "--attack-param",
+        action="append",
+        default=[],
+        metavar="ATTACK.KEY=VALUE",
+        help="an attack's parameter: reverse.steps=1000, dormancy.percents=[1,10]",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_attack)
     p = sub.add_parser(

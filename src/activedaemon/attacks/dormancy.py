@@ -21,22 +21,26 @@ GAIN_LIMIT = 3.0  # points a thief may gain over its honest alternative (issue t
 
 @torch.no_grad()
 def stage_features(
-    model: nn.Module, images: torch.Tensor, names: list[str], pool: int = 1, bs: int = 500
-) -> dict[str, torch.Tensor]:
-    """The outputs of the named stages for ``images`` (eval mode), each channel average-pooled to
-    pool x pool and flattened: {name: (N, C * pool * pool)}."""
+    model: nn.Module,
+    images: torch.Tensor,
+    names: list[str],
+    pools: tuple[int, ...] = (1,),
+    bs: int = 500,
+) -> dict[tuple[str, int], torch.Tensor]:
+    """The outputs of the named stages for ``images`` (eval mode, one pass), each channel
+    average-pooled to pool x pool for every pool, flattened: {(name, pool): (N, C * pool^2)}."""
     model.eval()
     device = next(model.parameters()).device
     tap = StageTap(model, names)
-    feats: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    feats: dict[tuple[str, int], list[torch.Tensor]] = {(n, p): [] for n in names for p in pools}
     try:
         for i in range(0, len(images), bs):
             model(images[i : i + bs].to(device))
-            for n in names:
-                feats[n].append(F.adaptive_avg_pool2d(tap.outputs[n], pool).flatten(1).cpu())
+            for n, p in feats:
+                feats[n, p].append(F.adaptive_avg_pool2d(tap.outputs[n], p).flatten(1).cpu())
     finally:
         tap.close()
-    return {n: torch.cat(v) for n, v in feats.items()}
+    return {key: torch.cat(v) for key, v in feats.items()}
 
 
 @torch.no_grad()
@@ -98,17 +102,15 @@ def runner_up(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float,
 def probe_all_stages(
     model: nn.Module,
     names: list[str],
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    test_y: torch.Tensor,
+    pools: tuple[int, ...],
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
     num_classes: int,
-    pool: int,
-) -> dict[str, float]:
-    """Linear-probe accuracy (%) at every stage, the backbone frozen."""
-    tr = stage_features(model, train_x, names, pool)
-    te = stage_features(model, test_x, names, pool)
-    return {n: linear_probe(tr[n], train_y, te[n], test_y, num_classes) for n in names}
+) -> dict[tuple[str, int], float]:
+    """Linear-probe accuracy (%) at every stage and pooling, the backbone frozen."""
+    tr = stage_features(model, train[0], names, pools)
+    te = stage_features(model, test[0], names, pools)
+    return {key: linear_probe(tr[key], train[1], te[key], test[1], num_classes) for key in tr}
 
 
 def _row(thief: str, p: float, stage: str, acc: float, alt: str, alt_acc: float) -> dict:
@@ -123,11 +125,11 @@ def _row(thief: str, p: float, stage: str, acc: float, alt: str, alt_acc: float)
     }
 
 
-def _best_probes(models: list[nn.Module], names: list[str], args) -> dict[str, float]:
-    """Per stage, the best probe accuracy over ``models`` (a network as it is and with its
-    BatchNorm re-estimated: the thief and the alternative get the same two tries)."""
-    runs = [probe_all_stages(m, names, *args) for m in models]
-    return {n: max(r[n] for r in runs) for n in names}
+def _best_probes(models: list[nn.Module], *args) -> dict[tuple[str, int], float]:
+    """Per stage and pooling, the best probe accuracy over ``models`` (a network as it is and
+    with its BatchNorm re-estimated: the thief and the alternative get the same tries)."""
+    runs = [probe_all_stages(m, *args) for m in models]
+    return {key: max(r[key] for r in runs) for key in runs[0]}
 
 
 def _best_fit(ctx: AttackContext, start: nn.Module, x, y, epochs: int, lrs) -> float:
@@ -205,21 +207,21 @@ def dormancy(
         # The thief may re-estimate BatchNorm on its images; so may the random-weight baseline.
         stolen_bn = recalibrate_batchnorm(copy.deepcopy(ctx.model), x)
         random_bn = [recalibrate_batchnorm(copy.deepcopy(m), x) for m in randoms]
+        args = (names, pools, (x, y), (ctx.test_x, ctx.test_y), k)
+        thief = _best_probes([ctx.model, stolen_bn], *args)
+        alt = _best_probes(randoms + random_bn, *args)
         for pool in pools:
-            args = (x, y, ctx.test_x, ctx.test_y, k, pool)
-            thief = _best_probes([ctx.model, stolen_bn], names, args)
-            alt = _best_probes(randoms + random_bn, names, args)
             for name in names:
                 key = f"probe_{short[name]}_pool{pool}_{tag}"
-                metrics[key], metrics[f"random_{key}"] = thief[name], alt[name]
-                gains[key] = thief[name] - alt[name]
+                got, base = thief[name, pool], alt[name, pool]
+                metrics[key], metrics[f"random_{key}"] = got, base
+                gains[key] = got - base
                 table.append(
-                    _row(f"linear probe, pool {pool}x{pool}", p, short[name], thief[name],
-                         "random weights", alt[name])
+                    _row(f"linear probe, pool {pool}x{pool}", p, short[name], got,
+                         "random weights", base)
                 )  # fmt: skip
-            if pool == pools[0]:
-                series[f"stolen, {p:g} % labels"] = [thief[n] for n in names]
-                series[f"random weights, {p:g} % labels"] = [alt[n] for n in names]
+        series[f"stolen, {p:g} % labels"] = [thief[n, pools[0]] for n in names]
+        series[f"random weights, {p:g} % labels"] = [alt[n, pools[0]] for n in names]
         # Fine-tuning vs scratch, same data, epochs and steps; each side its best learning rate.
         ep = max(epochs, math.ceil(min_steps / math.ceil(n / 128)))
         tuned = _best_fit(ctx, ctx.model, x, y, ep, lrs)

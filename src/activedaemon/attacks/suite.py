@@ -40,9 +40,12 @@ def load_context(
     return AttackContext(model, gen, data, seed=seed, fast=fast, out=out, progress=progress)
 
 
-def run_suite(ctx: AttackContext, names: list[str] | None = None) -> dict:
-    """Run ``names`` (default: all) on ``ctx``; with ``ctx.out``, write attacks.json, one curve
-    figure per attack that has a curve, and report.html. Returns the results dict."""
+def run_suite(
+    ctx: AttackContext, names: list[str] | None = None, params: dict[str, dict] | None = None
+) -> dict:
+    """Run ``names`` (default: all) on ``ctx``, with ``params`` {attack: {key: value}}; with
+    ``ctx.out``, write attacks.json, one curve figure per attack that has a curve, and
+    report.html. Returns the results dict."""
     names = names or list_attacks()
     started = time.time()
     results = {
@@ -56,7 +59,7 @@ def run_suite(ctx: AttackContext, names: list[str] | None = None) -> dict:
         "attacks": {},
     }
     for name in names:
-        result = run_attack(name, ctx)
+        result = run_attack(name, ctx, **(params or {}).get(name, {}))
         if ctx.out is not None and result.curve:
             result.figures.insert(0, str(save_curve(result, ctx.out / f"{name}.png")))
         log.info("%s: %s (%.0f s)", name, result.verdict, result.seconds)
