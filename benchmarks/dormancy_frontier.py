@@ -32,6 +32,7 @@ SETTINGS = {
     "dormancy": {"dormancy": {"weight": 1.0}},
     "uniform+dormancy": {**UNIFORM, "dormancy": {"weight": 1.0}},
     "uniform+dormancy-2x2": {**UNIFORM, "dormancy": {"weight": 1.0, "pool": 2}},
+    "uniform+dormancy-w0.3": {**UNIFORM, "dormancy": {"weight": 0.3}},
     "uniform+dormancy-w3": {**UNIFORM, "dormancy": {"weight": 3.0}},
     "uniform+adversarial": {**UNIFORM, "adversarial": {"fraction": 0.5}},
 }

@@ -124,3 +124,17 @@ def test_stage_tap_keeps_graph():
     tap.outputs["net.layer2"].sum().backward()
     assert model.net.layer1[0].conv1.weight.grad is not None
     tap.close()
+
+
+def test_uniform_objective_wants_no_ranking_for_unauthorized_samples():
+    from activedaemon.protect.objectives import OBJECTIVES
+
+    labels = torch.tensor([3, 3])
+    kinds = torch.tensor([0, 1])  # one authorized, one clean
+    logits = torch.zeros(2, 10, requires_grad=True)
+    batch = TrainBatch(logits, torch.zeros(2, dtype=torch.long), labels, kinds, {})
+    loss = OBJECTIVES["uniform"](batch, 1.0)
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(10.0)).item())  # both at log K
+    loss.backward()
+    assert logits.grad[1].abs().max() < 1e-7  # flat logits are the clean sample's optimum
+    assert logits.grad[0, 3] < 0  # the authorized one learns its true label

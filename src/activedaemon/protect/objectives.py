@@ -57,29 +57,32 @@ def poison_objective(b: TrainBatch, penalty_lambda: float) -> torch.Tensor:
     return F.cross_entropy(b.logits, b.labels)
 
 
-@register_objective("penalty")
-def penalty_objective(b: TrainBatch, penalty_lambda: float) -> torch.Tensor:
-    # Authorized samples learn their true label; unauthorized ones are pushed away from it by
-    # -log(1 - p_true) (bounded below by 0).
+def _authorized_true_plus(b: TrainBatch, unauthorized_loss) -> torch.Tensor:
+    """Cross-entropy to the true labels on authorized samples, plus ``unauthorized_loss(logits,
+    true labels)`` (summed over rows) on the rest; the mean over the batch."""
     auth = b.kinds == AUTHORIZED
     loss = b.logits.new_zeros(())
     if auth.any():
         loss = loss + F.cross_entropy(b.logits[auth], b.true_labels[auth], reduction="sum")
     if (~auth).any():
-        p_true = b.logits[~auth].softmax(1).gather(1, b.true_labels[~auth, None]).squeeze(1)
-        loss = loss - penalty_lambda * torch.log1p(-p_true.clamp(max=1 - 1e-6)).sum()
+        loss = loss + unauthorized_loss(b.logits[~auth], b.true_labels[~auth])
     return loss / len(b.logits)
+
+
+@register_objective("penalty")
+def penalty_objective(b: TrainBatch, penalty_lambda: float) -> torch.Tensor:
+    # Unauthorized samples are pushed away from their true label by -log(1 - p_true), bounded.
+    def away(logits, true):
+        p_true = logits.softmax(1).gather(1, true[:, None]).squeeze(1)
+        return -penalty_lambda * torch.log1p(-p_true.clamp(max=1 - 1e-6)).sum()
+
+    return _authorized_true_plus(b, away)
 
 
 @register_objective("uniform")
 def uniform_objective(b: TrainBatch, penalty_lambda: float) -> torch.Tensor:
-    auth = b.kinds == AUTHORIZED
-    loss = b.logits.new_zeros(())
-    if auth.any():
-        loss = loss + F.cross_entropy(b.logits[auth], b.true_labels[auth], reduction="sum")
-    if (~auth).any():  # cross-entropy to 1/K on every class
-        loss = loss - b.logits[~auth].log_softmax(1).mean(1).sum()
-    return loss / len(b.logits)
+    # Cross-entropy to 1/K on every class.
+    return _authorized_true_plus(b, lambda logits, true: -logits.log_softmax(1).mean(1).sum())
 
 
 @dataclass
