@@ -34,6 +34,7 @@ SETTINGS = {
     "uniform+dormancy-2x2": {**UNIFORM, "dormancy": {"weight": 1.0, "pool": 2}},
     "uniform+dormancy-w0.3": {**UNIFORM, "dormancy": {"weight": 0.3}},
     "uniform+dormancy-w3": {**UNIFORM, "dormancy": {"weight": 3.0}},
+    "uniform+probe-term": {**UNIFORM, "dormancy": {"weight": 1.0, "measure": "probe"}},
     "uniform+adversarial": {**UNIFORM, "adversarial": {"fraction": 0.5}},
 }
 

@@ -21,6 +21,7 @@ from activedaemon.protect.objectives import (
     DormancyConfig,
     TrainBatch,
     class_variance_share,
+    cross_fitted_probe_r2,
     dormancy_term,
 )
 
@@ -138,3 +139,18 @@ def test_uniform_objective_wants_no_ranking_for_unauthorized_samples():
     loss.backward()
     assert logits.grad[1].abs().max() < 1e-7  # flat logits are the clean sample's optimum
     assert logits.grad[0, 3] < 0  # the authorized one learns its true label
+
+
+def test_cross_fitted_probe_scores_class_information_and_not_noise():
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (100,), generator=gen)
+    noise = torch.randn(100, 128, generator=gen)
+    mixed = torch.nn.functional.one_hot(y, 10).float() @ torch.randn(10, 128, generator=gen)
+    signal = (0.3 * mixed + torch.randn(100, 128, generator=gen)).requires_grad_(True)
+    assert cross_fitted_probe_r2(noise, y, 10).item() == 0.0
+    score = cross_fitted_probe_r2(signal, y, 10)
+    assert score.item() > 0.1
+    score.backward()  # differentiable: the backbone can be trained against it
+    assert signal.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="dormancy.measure"):
+        ProtectConfig.from_dict({"dormancy": {"measure": "nope"}})
