@@ -148,7 +148,8 @@ def test_cli_evaluate_writes_results_json(toy_runs, tiny_encoder, tmp_path, caps
 def test_presets_build_valid_configs(tmp_path):
     from activedaemon.protect.train import list_presets, load_preset
 
-    assert {"cpu-small", "tiny", "gpu-paper-cifar10", "gpu-paper-imagenet"} <= set(list_presets())
+    assert {"cpu-small", "cpu-small-dormant", "tiny", "gpu-paper-cifar10"} <= set(list_presets())
+    assert ProtectConfig.from_dict(load_preset("cpu-small-dormant")).dormancy.weight == 1.0
     for name in list_presets():
         cfg = ProtectConfig.from_dict(load_preset(name))
         assert cfg.epochs >= 1
