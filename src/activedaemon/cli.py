@@ -678,8 +678,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one or more attacks (or 'all') against a protected run and print each "
         "one's verdict against its target; 'activedaemon attack list' shows every attack with "
         "its threat model. With --out, writes OUT/attacks.json, one figure per attack and "
-        "OUT/report.html. 'all' takes about 30 minutes on 2 CPU cores at the defaults (the dormancy audit about 11); --fast "
-        "shrinks every attack (seconds).",
+        "OUT/report.html. 'all' takes about 30 minutes on 2 CPU cores at the defaults (the "
+        "dormancy audit about 11); --fast shrinks every attack (seconds).",
     )
     p.add_argument("names", nargs="+", metavar="NAME", help="attack names, 'all' or 'list'")
     p.add_argument("--model", help="protected run folder")
