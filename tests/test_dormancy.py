@@ -18,6 +18,7 @@ from activedaemon.attacks.suite import load_context
 from activedaemon.protect import ProtectConfig, train_classifier
 from activedaemon.protect.models import StageTap, build_classifier, stage_names
 from activedaemon.protect.objectives import (
+    OBJECTIVES,
     DormancyConfig,
     TrainBatch,
     class_variance_share,
@@ -128,8 +129,6 @@ def test_stage_tap_keeps_graph():
 
 
 def test_uniform_objective_wants_no_ranking_for_unauthorized_samples():
-    from activedaemon.protect.objectives import OBJECTIVES
-
     labels = torch.tensor([3, 3])
     kinds = torch.tensor([0, 1])  # one authorized, one clean
     logits = torch.zeros(2, 10, requires_grad=True)
