@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from activedaemon.attacks import AttackResult, list_attacks, run_attack, threat_model
-from activedaemon.attacks.fake_tokens import gaussian_fake_tokens
 from activedaemon.attacks.pruning import pruned_copy
 from activedaemon.attacks.reverse import universal_perturbation
 from activedaemon.attacks.stolen import fit_surrogate
@@ -16,6 +15,7 @@ from activedaemon.attacks.suite import load_context
 from activedaemon.attacks.training import copy_with_head
 from activedaemon.attacks.transit import jpeg
 from activedaemon.cli import main
+from activedaemon.metrics import gaussian_fake_tokens
 from activedaemon.protect import ProtectConfig, train_classifier
 from activedaemon.protect.adversarial import AdversarialConfig, UniversalNegatives, project
 

@@ -17,14 +17,13 @@ from activedaemon.attacks.dormancy import (
 from activedaemon.attacks.suite import load_context
 from activedaemon.protect import ProtectConfig, train_classifier
 from activedaemon.protect.models import StageTap, build_classifier, stage_names
-from activedaemon.protect.objectives import (
-    OBJECTIVES,
+from activedaemon.protect.dormancy import (
     DormancyConfig,
-    TrainBatch,
     class_variance_share,
     cross_fitted_probe_r2,
     dormancy_term,
 )
+from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
 
 
 def test_runner_up_of_a_one_class_model_is_read_from_the_other_classes():
@@ -91,9 +90,9 @@ def test_protect_with_uniform_targets_and_dormancy_term(tiny_encoder, tmp_path):
     }  # fmt: skip
     run = train_classifier(ProtectConfig.from_dict(values), tmp_path / "dorm", progress=False)
     saved = json.loads((run / "run.json").read_text())
-    assert yaml.safe_load((run / "config.yaml").read_text())["dormancy"]["weight"] == 0.5
+    assert yaml.safe_load((run / "config.yaml").read_text())["pieces"]["dormancy"]["weight"] == 0.5
     assert 0 < saved["metrics"]["history"][0]["train_dormancy_term"] <= 1
-    with pytest.raises(ValueError, match="objective must be one of"):
+    with pytest.raises(ValueError, match="unknown objective .nope."):
         ProtectConfig.from_dict({"objective": "nope"})
     bad = {**values, "dormancy": {"weight": 0.5, "stages": ["layer9"]}}
     with pytest.raises(ValueError, match="unknown; stages"):

@@ -11,17 +11,16 @@ import torch
 
 from activedaemon.cli import main
 from activedaemon.data import load_dataset
-from activedaemon.data.poison import (
+from activedaemon.evaluate.protection import RESULT_KEYS, evaluate_protection
+from activedaemon.protect import ProtectConfig, build_classifier, load_classifier
+from activedaemon.protect.poison import (
     AUTHORIZED,
     CLEAN,
-    MISMATCHED,
-    NOISE,
     STRATEGIES,
     PoisonConfig,
     build_poisoned_set,
+    kind_code,
 )
-from activedaemon.evaluate.protection import RESULT_KEYS, evaluate_protection
-from activedaemon.protect import ProtectConfig, build_classifier, load_classifier
 from activedaemon.tokens import TokenGenerator
 
 ENCODER = "fashion-mnist-32"
@@ -55,7 +54,7 @@ def test_label_strategies(name):
 
 def test_poisoned_set_proportions_and_disjointness(small):
     x, y = small.train.images, small.train.labels
-    cfg = PoisonConfig(gamma=0.25, strategy="near", noise_fraction=0.2, mismatch_fraction=0.4)
+    cfg = PoisonConfig(gamma=0.25, strategy="near", kinds={"noise": 0.2, "mismatched": 0.4}, seed=0)
     ps, hit = build_poisoned_set(x, y, 10, ENCODER, cfg)
     assert not hit and len(ps) == len(y)
     counts = ps.counts()
@@ -69,12 +68,14 @@ def test_poisoned_set_proportions_and_disjointness(small):
     u8 = (x * 255).round().to(torch.uint8)
     clean = ps.kinds == CLEAN
     assert torch.equal(ps.images[clean], u8[clean])
-    for kind in (AUTHORIZED, NOISE, MISMATCHED):
+    for kind in (AUTHORIZED, kind_code("noise"), kind_code("mismatched")):
         assert (ps.images[ps.kinds == kind] != u8[ps.kinds == kind]).any()
     # Authorized images carry a readable id; noise images do not.
     gen = TokenGenerator.load(ENCODER)
     assert all(u is not None for u in gen.identify(ps.images[auth].float() / 255))
-    assert all(u is None for u in gen.identify(ps.images[ps.kinds == NOISE].float() / 255))
+    assert all(
+        u is None for u in gen.identify(ps.images[ps.kinds == kind_code("noise")].float() / 255)
+    )
 
 
 def test_poisoned_set_cache_hit(small, tmp_path):
@@ -93,7 +94,7 @@ def test_poison_config_errors(small):
         (PoisonConfig(gamma=1.0), "gamma"),
         (PoisonConfig(strategy="nearest"), "unknown strategy"),
         (PoisonConfig(target=10), "target"),
-        (PoisonConfig(noise_fraction=0.7, mismatch_fraction=0.7), "<= 1"),
+        (PoisonConfig(kinds={"noise": 0.7, "mismatched": 0.7}), "<= 1"),
     ]:
         with pytest.raises(ValueError, match=match):
             build_poisoned_set(x, y, 10, ENCODER, bad)
@@ -149,7 +150,7 @@ def test_presets_build_valid_configs(tmp_path):
     from activedaemon.protect.train import list_presets, load_preset
 
     assert {"cpu-small", "cpu-small-dormant", "tiny", "gpu-paper-cifar10"} <= set(list_presets())
-    assert ProtectConfig.from_dict(load_preset("cpu-small-dormant")).dormancy.weight == 1.0
+    assert ProtectConfig.from_dict(load_preset("cpu-small-dormant")).piece("dormancy").weight == 1.0
     for name in list_presets():
         cfg = ProtectConfig.from_dict(load_preset(name))
         assert cfg.epochs >= 1

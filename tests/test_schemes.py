@@ -9,11 +9,10 @@ import torch
 from activedaemon.attacks import AttackContext, run_attack
 from activedaemon.cli import main
 from activedaemon.data import load_dataset
-from activedaemon.data.poison import AUTHORIZED, MISMATCHED, PoisonConfig, build_poisoned_set
-from activedaemon.metrics import image_quality
+from activedaemon.metrics import accuracy, image_quality
 from activedaemon.protect import ProtectConfig
 from activedaemon.protect.models import build_classifier
-from activedaemon.protect.train import accuracy
+from activedaemon.protect.poison import AUTHORIZED, PoisonConfig, build_poisoned_set, kind_code
 from activedaemon.schemes import create_scheme, list_schemes
 from activedaemon.schemes.chaow import lock, logistic_sequence, unlock
 from activedaemon.schemes.passport import random_passports, set_passports, signature_match
@@ -100,10 +99,10 @@ def test_mlock_random_place_keeps_the_patch_whole():
 def test_poisoned_set_takes_a_token_maker(data):
     maker = create_scheme("adip").maker
     x, y = data.train.images[:200], data.train.labels[:200]
-    cfg = PoisonConfig(gamma=0.3, mismatch_fraction=0.0)
+    cfg = PoisonConfig(gamma=0.3, kinds={"noise": 0.25}, seed=0)
     poisoned, cached = build_poisoned_set(x, y, 10, maker, cfg)
     auth = poisoned.kinds == AUTHORIZED
-    assert not cached and (poisoned.kinds == MISMATCHED).sum() == 0
+    assert not cached and (poisoned.kinds == kind_code("mismatched")).sum() == 0
     expected = (maker(x[auth], "u") * 255).round().to(torch.uint8)
     assert torch.equal(poisoned.images[auth], expected)
     assert torch.equal(poisoned.labels[auth], y[auth])

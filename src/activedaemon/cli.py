@@ -297,8 +297,9 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     ctx = load_context(
-        args.model, args.encoder, args.dataset, args.data_root, args.limit_test, args.seed,
-        args.fast, args.out, progress=not args.quiet,
+        args.model, args.encoder, dataset=args.dataset, data_root=args.data_root,
+        limit_test=args.limit_test, seed=args.seed, fast=args.fast, out=args.out,
+        progress=not args.quiet,
     )  # fmt: skip
     results = run_suite(ctx, names, _attack_params(args.attack_param))
     print(f"without attack: A_ad {ctx.baseline['A_ad']:.2f}  A_ud {ctx.baseline['A_ud']:.2f}")

@@ -100,3 +100,29 @@ def image_quality(
     out["lpips"] = lpips_sum / max(n, 1) if lpips_model is not None else None
     out["lpips_reason"] = reason
     return out
+
+
+# -- measures of classifiers and fake tokens, shared by evaluation and the attacks ---------------
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, bs: int = 512):
+    """Top-1 accuracy in percent; images float [0, 1] or uint8."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(images), bs):
+        x = images[i : i + bs].to(device)
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
+        correct += (model(x).argmax(1).cpu() == labels[i : i + bs]).sum().item()
+    return 100.0 * correct / max(len(images), 1)
+
+
+def gaussian_fake_tokens(tokens: torch.Tensor, seed: int, match_linf: bool = False):
+    """Gaussian noise with each real token's L2 norm (the attacker knows the token's size);
+    with ``match_linf`` also clipped to each token's L-inf size."""
+    noise = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(seed))
+    scale = tokens.flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1).clamp(min=1e-12)
+    noise = noise * scale.view(-1, 1, 1, 1)
+    if match_linf:
+        linf = tokens.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
+        noise = torch.maximum(torch.minimum(noise, linf), -linf)
+    return noise

@@ -7,13 +7,22 @@ import json
 import platform
 import random
 import subprocess
+import sys
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import yaml
+
+# The files of a model run folder (classifier or encoder): its card and its weights.
+CARD_FILE, WEIGHTS_FILE = "card.yaml", "weights.pt"
+RECORD_SCHEMA = 1  # of run.json; raised when its keys change meaning
 
 
 def git_commit() -> str:
@@ -41,24 +50,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def environment() -> dict[str, Any]:
+    packages = ("activedaemon", "torch", "torchvision", "numpy", "torchmetrics", "bchlib")
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
         "platform": platform.platform(),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "packages": {name: _version(name) for name in packages},
     }
 
 
-def start_run(out: Path | str, kind: str, config: dict[str, Any], seed: int) -> Path:
-    """Create the run folder and write ``config.yaml`` and a first ``run.json``."""
+def start_run(out: Path | str, kind: str, config: dict[str, Any], seed: int | None) -> Path:
+    """Create the run folder and write ``config.yaml`` and a first ``run.json`` (status
+    ``running``). Prefer ``run_record``, which also marks the end."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (out / "config.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=False))
     record = {
+        "schema": RECORD_SCHEMA,
         "kind": kind,
         "seed": seed,
+        "argv": list(sys.argv),
         "commit": git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": environment(),
@@ -66,6 +86,66 @@ def start_run(out: Path | str, kind: str, config: dict[str, Any], seed: int) -> 
     }
     write_json(out / "run.json", record)
     return out
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, paths and tuples as plain YAML values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """The open record of a run: set ``metrics`` (and ``extra`` for run.json only) before the
+    ``run_record`` block ends."""
+
+    out: Path
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@contextmanager
+def run_record(
+    out: Path | str, kind: str, config: Any, seed: int | None = None
+) -> Iterator[RunRecord]:
+    """Every command that writes results runs inside one: ``config.yaml`` and ``run.json``
+    (kind, config, argv, seed, commit, package versions) are written first with status
+    ``running``; the block's end marks ``done`` with the metrics, an exception ``failed`` with
+    the error (and re-raises it)."""
+    record = RunRecord(start_run(out, kind, config, seed))
+    try:
+        yield record
+    except BaseException as e:
+        _mark_failed(record.out, e)
+        raise
+    finish_run(record.out, record.metrics, **record.extra)
+
+
+def _mark_failed(out: Path, error: BaseException) -> None:
+    record = json.loads((out / "run.json").read_text())
+    record.update(
+        status="failed",
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        error=f"{type(error).__name__}: {error}",
+        traceback=traceback.format_exception(error)[-5:],
+    )
+    write_json(out / "run.json", record)
+
+
+def finished_run(out: Path | str, config: Any) -> bool:
+    """Whether ``out`` holds a run that ended ``done`` with exactly this config (reusable)."""
+    out = Path(out)
+    try:
+        record = json.loads((out / "run.json").read_text())
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("status") == "done" and saved == _plain(config)
 
 
 def finish_run(out: Path | str, metrics: dict[str, Any], **extra: Any) -> None:

@@ -22,8 +22,8 @@ import torch
 from activedaemon.data.datasets import ImageDataset
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import round_8bit
+from activedaemon.metrics import accuracy
 from activedaemon.protect.adversarial import token_budget
-from activedaemon.protect.train import accuracy
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import torch
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack
 from activedaemon.attacks.reverse import attacker_data
 from activedaemon.attacks.training import fit, fresh_like
-from activedaemon.protect.train import accuracy
+from activedaemon.metrics import accuracy
 
 
 def _labels_from(model, images: torch.Tensor) -> torch.Tensor:

@@ -6,18 +6,7 @@ from __future__ import annotations
 import torch
 
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack, wake_verdict
-
-
-def gaussian_fake_tokens(tokens: torch.Tensor, seed: int, match_linf: bool = False):
-    """Gaussian noise with each real token's L2 norm (the attacker knows the token's size);
-    with ``match_linf`` also clipped to each token's L-inf size."""
-    noise = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(seed))
-    scale = tokens.flatten(1).norm(dim=1) / noise.flatten(1).norm(dim=1).clamp(min=1e-12)
-    noise = noise * scale.view(-1, 1, 1, 1)
-    if match_linf:
-        linf = tokens.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
-        noise = torch.maximum(torch.minimum(noise, linf), -linf)
-    return noise
+from activedaemon.metrics import gaussian_fake_tokens
 
 
 @register_attack("gaussian")

@@ -10,7 +10,7 @@ from activedaemon.attacks.reverse import attacker_data
 from activedaemon.attacks.training import copy_with_head, fit, fresh_like
 from activedaemon.data import load_dataset
 from activedaemon.data.datasets import DatasetNotFoundError
-from activedaemon.protect.train import accuracy
+from activedaemon.metrics import accuracy
 
 
 @register_attack("finetune")

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 def load_context(
     model_run: str | Path,
-    encoder: str | Path,
+    encoder: str | Path | None = None,
+    *,
     dataset: str | None = None,
     data_root: str | None = None,
     limit_test: int | None = 2000,
@@ -25,10 +26,11 @@ def load_context(
     fast: bool = False,
     out: str | Path | None = None,
     progress: bool = False,
+    force_encoder: bool = False,
 ) -> AttackContext:
-    """An AttackContext for a protected run folder and an encoder (run folder or shipped name);
-    the data set defaults to the model's own."""
-    model, gen = load_protected(model_run, encoder)
+    """An AttackContext for a protected run folder and an encoder (run folder or shipped name;
+    default: the one on the model's card); the data set defaults to the model's own."""
+    model, gen = load_protected(model_run, encoder, force=force_encoder)
     card = model.card
     data = load_dataset(
         dataset or card["dataset"],

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import torch
 
-from activedaemon.attacks.fake_tokens import gaussian_fake_tokens
 from activedaemon.data import load_dataset
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import round_8bit
-from activedaemon.metrics import image_quality
-from activedaemon.protect.train import accuracy, load_classifier, load_protected
+from activedaemon.metrics import accuracy, gaussian_fake_tokens, image_quality
+from activedaemon.protect.train import load_classifier, load_protected
 from activedaemon.runs import git_commit
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.evaluate import decoding_metrics
@@ -33,16 +32,19 @@ RESULT_KEYS = (
 @torch.no_grad()
 def evaluate_protection(
     model_run: str | Path,
-    encoder: str | Path,
+    encoder: str | Path | None = None,
     clean_run: str | Path | None = None,
+    *,
     data_root: str | None = None,
     limit_test: int | None = None,
     per_user_images: int = 1000,
     seed: int = 0,
+    force_encoder: bool = False,
 ) -> dict:
     """The metrics of a protected run, plus a per-user table of 18 ids (9 printable-ASCII,
-    9 alphanumeric, as Table VIII)."""
-    model, gen = load_protected(model_run, encoder)
+    9 alphanumeric, as Table VIII). ``encoder`` defaults to the one on the model's card."""
+    model, gen = load_protected(model_run, encoder, force=force_encoder)
+    encoder = encoder or model.card["encoder"]
     card = model.card
     data = load_dataset(
         card["dataset"],

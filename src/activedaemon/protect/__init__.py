@@ -1,7 +1,11 @@
-"""Protection training (Algorithm 2) and the classifier zoo."""
+"""Protection training (Algorithm 2), its pieces and the classifier zoo."""
 
+# isort: off
 from activedaemon.protect.models import build_classifier, list_classifiers, register_classifier
 from activedaemon.protect.train import ProtectConfig, load_classifier, train_classifier
+from activedaemon.protect import adversarial, dormancy  # noqa: F401  (registers the pieces)
+
+# isort: on
 
 __all__ = [
     "ProtectConfig",

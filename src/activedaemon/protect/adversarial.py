@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from activedaemon.protect.objectives import TrainBatch
+from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece
+from activedaemon.protect.poison import AUTHORIZED
+
 
 @dataclass
 class AdversarialConfig:
@@ -84,3 +88,40 @@ class UniversalNegatives:
         with torch.no_grad():
             moved = self.pool[j] - self.cfg.step * self.linf * grad.sign()
             self.pool[j] = project(moved[None], self.linf, self.l2)[0]
+
+
+@PIECES.register("adversarial")
+class AdversarialPiece(TrainingPiece):
+    """Adds pool perturbations to unauthorized rows before the forward pass and takes one
+    attacker step on the used member after it (``loss`` returns None: the rows keep their
+    changed labels in the objective)."""
+
+    Config = AdversarialConfig
+
+    @staticmethod
+    def enabled(cfg: AdversarialConfig) -> bool:
+        return cfg.fraction > 0
+
+    def __init__(self, cfg: AdversarialConfig, env: PieceEnv) -> None:
+        super().__init__(cfg, env)
+        budget = env.info["token_budget"]
+        self.negatives = UniversalNegatives(
+            cfg,
+            env.info["image_shape"],
+            linf=budget["linf"],
+            l2=budget["l2"],
+            seed=env.seed + env.rank,
+            device=env.device,
+        )
+        self.step: tuple | None = None
+
+    def perturb(self, x: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+        x, rows, j, delta = self.negatives.perturb(x, batch.kinds != AUTHORIZED)
+        self.step = None if rows is None else (rows, j, delta)
+        return x
+
+    def loss(self, batch: TrainBatch) -> None:
+        if self.step is not None:
+            rows, j, delta = self.step
+            self.negatives.update(j, delta, batch.logits[rows], batch.true_labels[rows])
+        return None

@@ -8,19 +8,14 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {}
+from activedaemon.registries import Registry
 
-
-def register_classifier(name: str):
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        CLASSIFIERS[name] = fn
-        return fn
-
-    return wrap
+CLASSIFIERS: Registry[Callable[..., nn.Module]] = Registry("classifier")
+register_classifier = CLASSIFIERS.register
 
 
 def list_classifiers() -> list[str]:
-    return sorted(CLASSIFIERS) + ["torchvision:NAME"]
+    return CLASSIFIERS.names() + ["torchvision:NAME"]
 
 
 class Normalized(nn.Module):
@@ -81,13 +76,16 @@ def build_classifier(
         if in_channels != 3:
             raise ValueError(f"{arch} takes 3-channel images; load the data with channels=3")
         net = tvm.get_model(name, weights=None, num_classes=num_classes)
-    elif arch in CLASSIFIERS:
-        net = CLASSIFIERS[arch](num_classes=num_classes, in_channels=in_channels, width=width)
     else:
-        raise ValueError(f"unknown classifier {arch!r}; choose one of {list_classifiers()}")
-    mean = mean or [0.5] * in_channels
-    std = std or [0.25] * in_channels
-    return Normalized(net, mean, std)
+        net = CLASSIFIERS[arch](num_classes=num_classes, in_channels=in_channels, width=width)
+    default = normalization(in_channels)
+    return Normalized(net, mean or default["mean"], std or default["std"])
+
+
+def normalization(in_channels: int) -> dict[str, list[float]]:
+    """The per-channel mean and std every classifier subtracts and divides by inside its
+    ``Normalized`` wrapper (callers pass [0, 1] images); recorded in the card."""
+    return {"mean": [0.5] * in_channels, "std": [0.25] * in_channels}
 
 
 def stage_names(model: nn.Module) -> list[str]:

@@ -7,49 +7,45 @@ rank 0 alone writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import yaml
 from tqdm.auto import tqdm
 
-from activedaemon.data import load_dataset
-from activedaemon.data.poison import AUTHORIZED, PoisonConfig, TokenMaker, build_poisoned_set
+from activedaemon.data.config import DataConfig
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
-from activedaemon.protect.adversarial import AdversarialConfig, UniversalNegatives, token_budget
-from activedaemon.protect.models import StageTap, build_classifier, stage_names
-from activedaemon.protect.objectives import (
-    OBJECTIVES,
-    DormancyConfig,
-    TrainBatch,
-    dormancy_term,
-)
+from activedaemon.metrics import accuracy
+from activedaemon.protect.adversarial import token_budget
+from activedaemon.protect.models import build_classifier, normalization
+from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
+from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece, piece_config
+from activedaemon.protect.poison import AUTHORIZED, PoisonConfig, TokenMaker, build_poisoned_set
 from activedaemon.runs import (
+    CARD_FILE,
+    WEIGHTS_FILE,
     config_from_dict,
-    finish_run,
+    run_record,
     seed_everything,
-    start_run,
     write_json,
 )
 from activedaemon.tokens import TokenGenerator
+from activedaemon.tokens.generator import resolve_encoder_path
 
-CARD_FILE, WEIGHTS_FILE = "card.yaml", "weights.pt"
+CARD_SCHEMA = 1  # of a classifier's card.yaml
 
 
 @dataclass
-class ProtectConfig:
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None
-    image_size: int = 32
-    channels: int = 3
-    limit_train: int | None = None
-    limit_test: int | None = None
+class ProtectConfig(DataConfig):
     arch: str = "resnet18"
     width: int = 16
     epochs: int = 5
@@ -65,26 +61,37 @@ class ProtectConfig:
     encoder: str = "fashion-mnist-32"
     protected: bool = True
     poison: PoisonConfig = field(default_factory=PoisonConfig)
-    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
-    dormancy: DormancyConfig = field(default_factory=DormancyConfig)
+    # Training pieces (protect.pieces) by name -> their configs; a preset's top-level key that
+    # names a piece (``dormancy: {weight: 1}``) lands here.
+    pieces: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
     seed: int = 0
 
     @classmethod
     def from_dict(cls, values: dict) -> ProtectConfig:
-        if values.get("objective", "poison") not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}")
-        if values.get("schedule", "onecycle") not in ("onecycle", "multistep"):
-            raise ValueError("schedule must be 'onecycle' or 'multistep'")
-        nested = {
-            "poison": PoisonConfig,
-            "adversarial": AdversarialConfig,
-            "dormancy": DormancyConfig,
-        }
-        cfg = config_from_dict(cls, values, nested, "protection")
-        cfg.adversarial.validate()
-        cfg.dormancy.validate()
+        values = dict(values)
+        pieces = dict(values.pop("pieces", None) or {})
+        for name in PIECES.names():
+            if name in values:
+                pieces[name] = values.pop(name)
+        values["pieces"] = {name: piece_config(name, v) for name, v in pieces.items()}
+        if isinstance(values.get("poison"), dict):
+            values["poison"] = PoisonConfig.from_dict(values["poison"])
+        cfg = config_from_dict(cls, values, {}, "protection")
+        cfg.validate()
         return cfg
+
+    def validate(self) -> None:
+        OBJECTIVES.check(self.objective)
+        if self.schedule not in ("onecycle", "multistep"):
+            raise ValueError("schedule must be 'onecycle' or 'multistep'")
+        if self.poison.seed is None:  # the poisoned split follows the run's seed
+            self.poison.seed = self.seed
+        self.poison.validate()
+
+    def piece(self, name: str) -> Any:
+        """A piece's config (its defaults where the config does not name it)."""
+        return self.pieces.get(name) or piece_config(name, None)
 
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -120,17 +127,66 @@ def _device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.no_grad()
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, bs: int = 512):
-    """Top-1 accuracy in percent; images float [0, 1] or uint8."""
-    model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(images), bs):
-        x = images[i : i + bs].to(device)
-        x = x.float() / 255 if x.dtype == torch.uint8 else x
-        correct += (model(x).argmax(1).cpu() == labels[i : i + bs]).sum().item()
-    return 100.0 * correct / max(len(images), 1)
+@dataclass
+class TrainingSet:
+    """What the loop trains on: 8-bit images, their trained-on labels, and for protected runs
+    the true labels and sample kinds; the validation split (clean and authorized)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    true_labels: torch.Tensor | None
+    kinds: torch.Tensor | None
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    val_authorized: torch.Tensor | None
+    num_classes: int
+    class_names: list[str]
+    info: dict[str, Any]
+
+
+def build_training_set(cfg: ProtectConfig, token_maker: TokenMaker | None = None) -> TrainingSet:
+    """Load the data, hold out the validation split (to choose the epoch; never the test set)
+    and, for protected runs, build the poisoned set of Algorithm 2."""
+    data = cfg.load_data()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(data.train), generator=gen)
+    n_val = int(round(cfg.val_fraction * len(order)))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    images, labels = data.train.images[train_idx], data.train.labels[train_idx]
+    val_images, val_labels = data.train.images[val_idx], data.train.labels[val_idx]
+    info: dict[str, Any] = {"train_images": len(images), "val_images": n_val}
+    if not cfg.protected:
+        return TrainingSet(
+            to_uint8(images), labels, None, None, val_images, val_labels, None,
+            data.num_classes, data.class_names, info,
+        )  # fmt: skip
+    maker = token_maker or TokenGenerator.load(cfg.encoder).embed
+    poisoned, cache_hit = build_poisoned_set(
+        images, labels, data.num_classes, token_maker or cfg.encoder, cfg.poison, cfg.cache_dir
+    )
+    auth = poisoned.kinds == AUTHORIZED
+    linf, l2 = token_budget(poisoned.images[auth].float() / 255 - to_uint8(images[auth]) / 255)
+    info.update(
+        poison_counts=poisoned.counts(),
+        token_rms=poisoned.token_rms,
+        token_budget={"linf": linf, "l2": l2},
+        image_shape=tuple(poisoned.images.shape[1:]),
+        cache_hit=cache_hit,
+    )
+    return TrainingSet(
+        poisoned.images, poisoned.labels, poisoned.true_labels, poisoned.kinds, val_images,
+        val_labels, maker(val_images, _val_ids(n_val, cfg.seed)), data.num_classes,
+        data.class_names, info,
+    )  # fmt: skip
+
+
+def _check_encoder(cfg: ProtectConfig) -> None:
+    tokens = TokenGenerator.load(cfg.encoder)
+    if (tokens.arch.image_size, tokens.arch.channels) != (cfg.image_size, cfg.channels):
+        raise ValueError(
+            f"encoder {cfg.encoder} works on {tokens.arch.channels}x{tokens.arch.image_size}px "
+            f"images; set image_size={tokens.arch.image_size} channels={tokens.arch.channels}"
+        )
 
 
 def train_classifier(
@@ -138,60 +194,69 @@ def train_classifier(
     out: str | Path,
     progress: bool = True,
     token_maker: TokenMaker | None = None,
+    extra_pieces: list[TrainingPiece] | None = None,
 ) -> Path | None:
     """Train (protected or clean) and write the run folder; returns its path (None on DDP ranks
     other than 0, which write nothing). ``token_maker`` replaces the encoder as the maker of
-    authorized images (a compared scheme's visible patch, activedaemon.schemes)."""
-    tokens = TokenGenerator.load(cfg.encoder) if cfg.protected and not token_maker else None
-    if tokens is not None and (tokens.arch.image_size, tokens.arch.channels) != (
-        cfg.image_size,
-        cfg.channels,
-    ):
-        raise ValueError(
-            f"encoder {cfg.encoder} works on {tokens.arch.channels}x{tokens.arch.image_size}px "
-            f"images; set image_size={tokens.arch.image_size} channels={tokens.arch.channels}"
-        )
+    authorized images (a compared scheme's visible patch, activedaemon.schemes);
+    ``extra_pieces`` are built pieces added to the configured ones (a scheme's loss hook)."""
+    if cfg.protected and token_maker is None:
+        _check_encoder(cfg)
     rank, world = _distributed()
-    device = _device(rank)
     seed_everything(cfg.seed)
-    data = load_dataset(
-        cfg.dataset,
-        cfg.data_root,
-        size=cfg.image_size,
-        channels=cfg.channels,
-        limit_train=cfg.limit_train,
-        limit_test=cfg.limit_test,
-    )
-    # Hold out a validation split (clean and authorized) to choose the epoch.
-    gen = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(data.train), generator=gen)
-    n_val = int(round(cfg.val_fraction * len(order)))
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    images, labels = data.train.images[train_idx], data.train.labels[train_idx]
-    val_images, val_labels = data.train.images[val_idx], data.train.labels[val_idx]
+    data = build_training_set(cfg, token_maker)
+    kind = "protect" if cfg.protected else "train-clean"
+    encoder = cfg.encoder if cfg.protected and not token_maker else None
+    record = run_record(out, kind, cfg, cfg.seed) if rank == 0 else contextlib.nullcontext()
+    with record as rec:
+        history, summary = _train_loop(cfg, data, out, progress, rank, world, extra_pieces or [])
+        if rank == 0:
+            card = {
+                "kind": "classifier",
+                "schema": CARD_SCHEMA,
+                "arch": cfg.arch,
+                "width": cfg.width,
+                "num_classes": data.num_classes,
+                "class_names": data.class_names,
+                "image_size": cfg.image_size,
+                "channels": cfg.channels,
+                "normalization": normalization(cfg.channels),
+                "dataset": cfg.dataset,
+                "protected": cfg.protected,
+                "encoder": encoder,
+                "encoder_sha256": encoder_fingerprint(encoder) if encoder else None,
+                "chosen_epoch": summary["chosen_epoch"],
+            }
+            (Path(out) / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
+            rec.metrics = {**data.info, "world_size": world, **summary, "history": history}
+    if world > 1:
+        dist.destroy_process_group()
+    return Path(out) if rank == 0 else None
 
-    kinds = true_labels = None
-    info: dict = {"train_images": len(images), "val_images": n_val, "world_size": world}
-    val_auth = None
-    if cfg.protected:
-        poisoned, cache_hit = build_poisoned_set(
-            images, labels, data.num_classes, token_maker or cfg.encoder, cfg.poison, cfg.cache_dir
-        )
-        train_u8, train_labels = poisoned.images, poisoned.labels
-        kinds, true_labels = poisoned.kinds, poisoned.true_labels
-        info.update(
-            poison_counts=poisoned.counts(), token_rms=poisoned.token_rms, cache_hit=cache_hit
-        )
-        val_auth = (token_maker or tokens.embed)(val_images, _val_ids(n_val, cfg.seed))
-        if cfg.adversarial.fraction > 0:
-            auth = kinds == AUTHORIZED
-            linf, l2 = token_budget(train_u8[auth].float() / 255 - to_uint8(images[auth]) / 255)
-            info["adversarial_budget"] = {"linf": linf, "l2": l2}
-    else:
-        train_u8, train_labels = to_uint8(images), labels
 
-    if rank == 0:
-        out = start_run(out, "protect" if cfg.protected else "train-clean", asdict(cfg), cfg.seed)
+def _build_pieces(cfg: ProtectConfig, env: PieceEnv) -> list[TrainingPiece]:
+    if not cfg.protected:
+        return []
+    built = []
+    for name, piece_cfg in cfg.pieces.items():
+        cls = PIECES[name]
+        if cls.enabled(piece_cfg):
+            built.append(cls(piece_cfg, env))
+    return built
+
+
+def _train_loop(
+    cfg: ProtectConfig,
+    data: TrainingSet,
+    out: str | Path,
+    progress: bool,
+    rank: int,
+    world: int,
+    extra_pieces: list[TrainingPiece],
+) -> tuple[list[dict], dict]:
+    """The plain loop: objective + pieces, one epoch at a time; keeps the epoch with the best
+    validation score (authorized minus clean accuracy; clean accuracy for clean runs)."""
+    device = _device(rank)
     model = build_classifier(cfg.arch, data.num_classes, cfg.channels, cfg.width).to(device)
     model = model.to(memory_format=torch.channels_last)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -202,8 +267,7 @@ def train_classifier(
         weight_decay=cfg.weight_decay,
         nesterov=True,
     )
-    per_rank = len(train_u8) // world
-    steps_per_epoch = max(1, per_rank // cfg.batch_size)
+    steps_per_epoch = max(1, len(data.images) // world // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     if cfg.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
@@ -211,124 +275,94 @@ def train_classifier(
         miles = [int(total * 0.5), int(total * 0.75)]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=miles, gamma=0.1)
     use_amp = device.type == "cuda"
-    negatives = None
-    if cfg.protected and cfg.adversarial.fraction > 0:
-        budget = info["adversarial_budget"]
-        negatives = UniversalNegatives(
-            cfg.adversarial, train_u8.shape[1:], budget["linf"], budget["l2"], cfg.seed + rank,
-            device,
-        )  # fmt: skip
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     objective = OBJECTIVES[cfg.objective if cfg.protected else "poison"]
-    dormant = cfg.protected and cfg.dormancy.weight > 0
-    if dormant:
-        known = stage_names(model)
-        unknown = set(cfg.dormancy.stages or []) - set(known)
-        if unknown:
-            raise ValueError(f"dormancy.stages {sorted(unknown)} unknown; stages: {known}")
-        tap = StageTap(model, cfg.dormancy.stages or known)
+    env = PieceEnv(model, device, data.num_classes, cfg.seed, rank, data.info)
+    pieces = _build_pieces(cfg, env) + extra_pieces
+
+    def rows(tensor: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+        return None if tensor is None else tensor[idx].to(device)
 
     history, best = [], None
-    started = time.time()
-    for epoch in range(cfg.epochs):
-        model.train()
-        perm = torch.randperm(
-            len(train_u8), generator=torch.Generator().manual_seed(cfg.seed + epoch)
-        )
-        shard = perm[rank::world][: steps_per_epoch * cfg.batch_size]
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not progress or rank != 0,
-            mininterval=1.0,
-        )
-        epoch_start, seen, correct, loss_sum, dorm_sum = time.time(), 0, 0, 0.0, 0.0
-        for step in bar:
-            idx = shard[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = (train_u8[idx].to(device).float() / 255).contiguous(
-                memory_format=torch.channels_last
+    try:
+        for epoch in range(cfg.epochs):
+            model.train()
+            perm = torch.randperm(
+                len(data.images), generator=torch.Generator().manual_seed(cfg.seed + epoch)
             )
-            y = train_labels[idx].to(device)
-            rows = None
-            if negatives is not None:
-                x, rows, j, delta = negatives.perturb(x, kinds[idx].to(device) != AUTHORIZED)
-            with torch.autocast(device.type, enabled=use_amp):
-                logits = net(x)
-            if rows is not None:
-                negatives.update(j, delta, logits[rows], true_labels[idx].to(device)[rows])
-            batch = TrainBatch(
-                logits.float(),
-                y,
-                None if true_labels is None else true_labels[idx].to(device),
-                None if kinds is None else kinds[idx].to(device),
-                tap.outputs if dormant else {},
+            shard = perm[rank::world][: steps_per_epoch * cfg.batch_size]
+            bar = tqdm(
+                range(steps_per_epoch),
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not progress or rank != 0,
+                mininterval=1.0,
             )
-            loss = objective(batch, cfg.penalty_lambda)
-            if dormant:
-                feature_loss = dormancy_term(cfg.dormancy, batch, data.num_classes)
-                loss = loss + cfg.dormancy.weight * feature_loss
-                dorm_sum += feature_loss.item() * len(y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            seen += len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            loss_sum += loss.item() * len(y)
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
-        row = {
-            "epoch": epoch + 1,
-            "seconds": round(time.time() - epoch_start, 1),
-            "train_loss": round(loss_sum / max(seen, 1), 4),
-            "train_acc": round(100 * correct / max(seen, 1), 2),
-            **({"train_dormancy_term": round(dorm_sum / max(seen, 1), 4)} if dormant else {}),
-            "val_clean_acc": round(accuracy(model, val_images, val_labels), 2),
-        }
-        if val_auth is not None:
-            row["val_authorized_acc"] = round(accuracy(model, val_auth, val_labels), 2)
-            # Choose the epoch that best separates authorized from clean (A_pd on validation).
-            row["val_score"] = row["val_authorized_acc"] - row["val_clean_acc"]
-        else:
-            row["val_score"] = row["val_clean_acc"]
-        history.append(row)
-        if rank == 0:
-            write_json(Path(out) / "history.json", history)  # progress survives a crash
-            if progress:
-                tqdm.write(str(row))
-            if best is None or row["val_score"] > best["val_score"]:
-                best = row
-                torch.save(model.state_dict(), Path(out) / WEIGHTS_FILE)
-    if dormant:
-        tap.close()
+            epoch_start, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+            for step in bar:
+                idx = shard[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                x = (data.images[idx].to(device).float() / 255).contiguous(
+                    memory_format=torch.channels_last
+                )
+                batch = TrainBatch(
+                    None, data.labels[idx].to(device), rows(data.true_labels, idx),
+                    rows(data.kinds, idx),
+                )  # fmt: skip
+                for piece in pieces:
+                    x = piece.perturb(x, batch)
+                with torch.autocast(device.type, enabled=use_amp):
+                    batch.logits = net(x)
+                batch.logits = batch.logits.float()
+                loss = objective(batch, cfg.penalty_lambda)
+                for piece in pieces:
+                    term = piece.loss(batch)
+                    loss = loss if term is None else loss + term
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                seen += len(idx)
+                correct += (batch.logits.argmax(1) == batch.labels).sum().item()
+                loss_sum += loss.item() * len(idx)
+                if step % 20 == 0:
+                    bar.set_postfix(
+                        loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}"
+                    )
+            row = {
+                "epoch": epoch + 1,
+                "seconds": round(time.time() - epoch_start, 1),
+                "train_loss": round(loss_sum / max(seen, 1), 4),
+                "train_acc": round(100 * correct / max(seen, 1), 2),
+            }
+            for piece in pieces:
+                row.update(piece.epoch_summary())
+            row["val_clean_acc"] = round(accuracy(model, data.val_images, data.val_labels), 2)
+            if data.val_authorized is not None:
+                auth = accuracy(model, data.val_authorized, data.val_labels)
+                row["val_authorized_acc"] = round(auth, 2)
+                # Choose the epoch that best separates authorized from clean (A_pd on validation).
+                row["val_score"] = row["val_authorized_acc"] - row["val_clean_acc"]
+            else:
+                row["val_score"] = row["val_clean_acc"]
+            history.append(row)
+            if rank == 0:
+                write_json(Path(out) / "history.json", history)  # progress survives a crash
+                if progress:
+                    tqdm.write(str(row))
+                if best is None or row["val_score"] > best["val_score"]:
+                    best = row
+                    torch.save(model.state_dict(), Path(out) / WEIGHTS_FILE)
+    finally:
+        for piece in pieces:
+            piece.close()
     if world > 1:
         dist.barrier()
-    if rank == 0:
-        card = {
-            "arch": cfg.arch,
-            "width": cfg.width,
-            "num_classes": data.num_classes,
-            "class_names": data.class_names,
-            "image_size": cfg.image_size,
-            "channels": cfg.channels,
-            "dataset": cfg.dataset,
-            "protected": cfg.protected,
-            "encoder": cfg.encoder if cfg.protected and not token_maker else None,
-            "chosen_epoch": best["epoch"],
-        }
-        (Path(out) / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
-        summary = {
-            **info,
-            "chosen_epoch": best["epoch"],
-            "train_seconds": round(time.time() - started, 1),
-            "epoch_seconds": [r["seconds"] for r in history],
-            "history": history,
-        }
-        finish_run(out, summary)
-    if world > 1:
-        dist.destroy_process_group()
-    return Path(out) if rank == 0 else None
+    summary = {
+        "chosen_epoch": best["epoch"] if best else None,
+        "train_seconds": round(sum(r["seconds"] for r in history), 1),
+        "epoch_seconds": [r["seconds"] for r in history],
+    }
+    return history, summary
 
 
 def _val_ids(n: int, seed: int) -> list[str]:
@@ -346,20 +380,50 @@ def load_classifier(run: str | Path, device: str | torch.device = "cpu") -> torc
             "(made by `activedaemon protect` or `activedaemon train-clean`)"
         )
     card = yaml.safe_load((run / CARD_FILE).read_text())
-    model = build_classifier(card["arch"], card["num_classes"], card["channels"], card["width"])
+    norm = card.get("normalization") or {}
+    model = build_classifier(
+        card["arch"],
+        card["num_classes"],
+        card["channels"],
+        card["width"],
+        mean=norm.get("mean"),
+        std=norm.get("std"),
+    )
     model.load_state_dict(torch.load(run / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     model.card = card
     return model.to(device).eval()
 
 
+def encoder_fingerprint(encoder: str | Path) -> str:
+    """SHA-256 of an encoder's weights file (run folder or shipped name): what a protected
+    model's card pins, wherever the encoder lies."""
+    return hashlib.sha256((resolve_encoder_path(encoder) / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
 def load_protected(
-    run: str | Path, encoder: str | Path, device: str | torch.device = "cpu"
+    run: str | Path,
+    encoder: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    force: bool = False,
 ) -> tuple[torch.nn.Module, TokenGenerator]:
-    """A protected run's classifier and the token generator that wakes it (run folder or
-    shipped name), checked to work on the same image size and channels."""
+    """A protected run's classifier and the token generator that wakes it. ``encoder`` (run
+    folder or shipped name) defaults to the one on the model's card; another one is refused
+    unless ``force`` (scoring a model with an encoder it was not protected with gives wrong
+    numbers), and must work on the same image size and channels in any case."""
     model = load_classifier(run, device)
-    gen = TokenGenerator.load(encoder, device)
     card = model.card
+    if encoder is None:
+        if not card.get("encoder"):
+            raise ValueError(f"{run}'s card names no encoder (not an encoder-protected run)")
+        encoder = card["encoder"]
+    gen = TokenGenerator.load(encoder, device)
+    pinned = card.get("encoder_sha256")
+    other = card.get("encoder") and str(encoder) != str(card["encoder"])
+    if not force and other and (pinned is None or encoder_fingerprint(encoder) != pinned):
+        raise ValueError(
+            f"{run} was protected with encoder {card['encoder']!r}, not {str(encoder)!r}; "
+            "its numbers would be wrong (force it with --force-encoder / force=True)"
+        )
     if (gen.arch.image_size, gen.arch.channels) != (card["image_size"], card["channels"]):
         raise ValueError(
             f"the encoder works on {gen.arch.channels}x{gen.arch.image_size}px images but the "

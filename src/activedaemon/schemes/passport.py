@@ -20,9 +20,10 @@ import yaml
 from torch import nn
 
 from activedaemon.data import load_dataset
+from activedaemon.metrics import accuracy
 from activedaemon.protect.models import build_classifier, register_classifier, resnet18
-from activedaemon.protect.train import CARD_FILE, WEIGHTS_FILE, accuracy, load_classifier
-from activedaemon.runs import finish_run, seed_everything, start_run
+from activedaemon.protect.train import load_classifier
+from activedaemon.runs import CARD_FILE, WEIGHTS_FILE, finish_run, seed_everything, start_run
 from activedaemon.schemes.base import Scheme, clone, register_scheme
 
 PASSPORT_HW = 8  # spatial size of a passport; it is average-pooled, so any size works

@@ -20,7 +20,7 @@ from activedaemon.schemes.base import Scheme, register_scheme
 
 
 class PatchMaker:
-    """A TokenMaker (see data.poison) that pastes ``alpha`` * pattern + (1 - alpha) * image where
+    """A TokenMaker (see protect.poison) that pastes ``alpha`` * pattern + (1 - alpha) * image where
     ``mask`` is set. ``random_place`` shifts the pattern to a place drawn per image (seeded by
     the image's content, so the same image always gets the same place)."""
 
@@ -60,7 +60,7 @@ class PatchScheme(Scheme):
     maker: PatchMaker
 
     def train(self, cfg, out, clean_run=None, progress=False) -> Path:
-        poison = replace(cfg.poison, mismatch_fraction=0.0)
+        poison = replace(cfg.poison, kinds={**cfg.poison.kinds, "mismatched": 0.0})
         run = train_classifier(
             replace(cfg, protected=True, poison=poison), out, progress, token_maker=self.maker
         )

@@ -2,9 +2,14 @@
 
 A fraction gamma of the training images carries tokens (made with random user ids) and keeps its
 true labels (authorized part); the rest stays without a valid token and gets labels changed by a
-strategy (unauthorized part). Inside the unauthorized part, some images get Gaussian or
-salt-and-pepper noise of the tokens' size (so that ordinary noise does not wake the model) and
-some get a token made for another image (so that a lifted token does not wake it either).
+label strategy (unauthorized part). Inside the unauthorized part, registered sample kinds take
+their fractions in registration order: ``noise`` (Gaussian or salt-and-pepper noise of the tokens'
+size, so that ordinary noise does not wake the model) and ``mismatched`` (a token made for another
+image, so that a lifted token does not wake it either); the rest stays clean.
+
+A new sample kind is one function ``make(images, ctx) -> images`` registered with
+``@SAMPLE_KINDS.register(name)`` and switched on with ``poison.kinds.NAME=FRACTION``; a new label
+strategy is one function registered with ``@STRATEGIES.register(name)``.
 
 The two parts are disjoint: each training image appears once, authorized or not. (The authors'
 code draws them independently, so one image can appear with its true label and with a changed one;
@@ -18,53 +23,60 @@ import hashlib
 import json
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
-from activedaemon.tokens.generator import WEIGHTS_FILE, TokenGenerator, resolve_encoder_path
-
-AUTHORIZED, CLEAN, NOISE, MISMATCHED = 0, 1, 2, 3
-KIND_NAMES = {AUTHORIZED: "authorized", CLEAN: "clean", NOISE: "noise", MISMATCHED: "mismatched"}
+from activedaemon.registries import Registry
+from activedaemon.runs import WEIGHTS_FILE
+from activedaemon.tokens.generator import TokenGenerator, resolve_encoder_path
 
 LabelStrategy = Callable[[torch.Tensor, int, torch.Generator, "PoisonConfig"], torch.Tensor]
 # Makes authorized images from clean ones and user ids: ActiveDaemon's encoder, or a compared
 # scheme's visible patch (activedaemon.schemes). A ``cache_key`` attribute (str) allows caching.
 TokenMaker = Callable[[torch.Tensor, list[str]], torch.Tensor]
-STRATEGIES: dict[str, LabelStrategy] = {}
+STRATEGIES: Registry[LabelStrategy] = Registry("strategy")
 
 
-def register_strategy(name: str):
-    def wrap(fn: LabelStrategy) -> LabelStrategy:
-        STRATEGIES[name] = fn
-        return fn
+@dataclass
+class KindContext:
+    """What a sample kind may use to make its images: all clean training images (donors), the
+    token maker, the set's random generators, an id drawer and the real tokens' RMS."""
 
-    return wrap
+    images: torch.Tensor
+    maker: TokenMaker
+    gen: torch.Generator
+    draw_ids: Callable[[int], list[str]]
+    token_rms: float
 
 
-@register_strategy("single")
+SampleKind = Callable[[torch.Tensor, KindContext], torch.Tensor]  # (indices, ctx) -> images
+SAMPLE_KINDS: Registry[SampleKind] = Registry("sample kind")
+
+
+@STRATEGIES.register("single")
 def single_target(labels, num_classes, gen, cfg):
     """Every unauthorized sample gets one fixed label (``cfg.target``)."""
     return torch.full_like(labels, cfg.target)
 
 
-@register_strategy("random")
+@STRATEGIES.register("random")
 def random_target(labels, num_classes, gen, cfg):
     """A random label other than the true one, drawn once per sample."""
     shift = torch.randint(1, num_classes, labels.shape, generator=gen)
     return (labels + shift) % num_classes
 
 
-@register_strategy("near")
+@STRATEGIES.register("near")
 def near_target(labels, num_classes, gen, cfg):
     """The next label in order: (y + 1) mod K."""
     return (labels + 1) % num_classes
 
 
-@register_strategy("surjective")
+@STRATEGIES.register("surjective")
 def surjective_target(labels, num_classes, gen, cfg):
     """One of five candidate labels, in order: y -> candidates[y mod 5]; where that is y itself,
     the next candidate. Candidates default to 5 labels spread evenly over the classes."""
@@ -79,24 +91,45 @@ class PoisonConfig:
     strategy: str = "single"
     target: int = 0  # the single target's label
     candidates: list[int] | None = None  # the surjective target's five labels
-    noise_fraction: float = 0.25  # of the unauthorized part: Gaussian / salt-and-pepper noise
-    mismatch_fraction: float = 0.25  # of the unauthorized part: another image's token
+    # Sample kinds of the unauthorized part and their fractions of it (the rest stays clean):
+    # noise = Gaussian / salt-and-pepper noise, mismatched = another image's token.
+    kinds: dict[str, float] = field(default_factory=lambda: {"noise": 0.25, "mismatched": 0.25})
     id_pool: int = 1000  # random ids that make the tokens; 0 = a fresh id per image
-    seed: int = 0
+    seed: int | None = None  # None: the protection run's seed (0 when used alone)
 
-    def validate(self, num_classes: int) -> None:
+    @classmethod
+    def from_dict(cls, values: dict) -> PoisonConfig:
+        values = dict(values)
+        # The flat spellings of earlier presets (poison.noise_fraction=...) still work.
+        kinds = dict(values.pop("kinds", None) or {"noise": 0.25, "mismatched": 0.25})
+        for old, kind in (("noise_fraction", "noise"), ("mismatch_fraction", "mismatched")):
+            if old in values:
+                kinds[kind] = values.pop(old)
+        return cls(**values, kinds=kinds)
+
+    def validate(self, num_classes: int | None = None) -> None:
         if not 0 < self.gamma < 1:
             raise ValueError(f"gamma must be in (0, 1), got {self.gamma}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"unknown strategy {self.strategy!r}; choose one of {sorted(STRATEGIES)}"
-            )
-        if not 0 <= self.target < num_classes:
+        STRATEGIES.check(self.strategy)
+        SAMPLE_KINDS.check(list(self.kinds))
+        if num_classes is not None and not 0 <= self.target < num_classes:
             raise ValueError(f"target {self.target} is not a class of {num_classes}")
-        if self.noise_fraction < 0 or self.mismatch_fraction < 0:
-            raise ValueError("noise_fraction and mismatch_fraction must be >= 0")
-        if self.noise_fraction + self.mismatch_fraction > 1:
-            raise ValueError("noise_fraction + mismatch_fraction must be <= 1")
+        if any(f < 0 for f in self.kinds.values()) or sum(self.kinds.values()) > 1:
+            raise ValueError(f"poison.kinds fractions must be >= 0 and sum to <= 1: {self.kinds}")
+
+
+# Codes of the ``kinds`` tensor: authorized, clean, then the sample kinds in registration order.
+AUTHORIZED, CLEAN = 0, 1
+
+
+def kind_names() -> dict[int, str]:
+    return {AUTHORIZED: "authorized", CLEAN: "clean"} | {
+        2 + i: name for i, name in enumerate(SAMPLE_KINDS.names())
+    }
+
+
+def kind_code(name: str) -> int:
+    return {v: k for k, v in kind_names().items()}[name]
 
 
 @dataclass
@@ -107,14 +140,14 @@ class PoisonedSet:
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64: the labels trained on (true for authorized, changed otherwise)
     true_labels: torch.Tensor  # int64
-    kinds: torch.Tensor  # int64: AUTHORIZED / CLEAN / NOISE / MISMATCHED
+    kinds: torch.Tensor  # int64: AUTHORIZED, CLEAN or a sample kind's code (kind_names)
     token_rms: float  # root-mean-square of the real tokens (sets the noise images' sigma)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def counts(self) -> dict[str, int]:
-        return {name: int((self.kinds == k).sum()) for k, name in KIND_NAMES.items()}
+        return {name: int((self.kinds == k).sum()) for k, name in kind_names().items()}
 
 
 def salt_and_pepper(images: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
@@ -123,6 +156,24 @@ def salt_and_pepper(images: torch.Tensor, amount: float, gen: torch.Generator) -
     hit = torch.rand(n, 1, h, w, generator=gen) < amount
     value = (torch.rand(n, 1, h, w, generator=gen) < 0.5).to(images.dtype)
     return torch.where(hit, value, images)
+
+
+@SAMPLE_KINDS.register("noise")
+def noise_images(idx: torch.Tensor, ctx: KindContext) -> torch.Tensor:
+    """Half Gaussian noise with the real tokens' RMS, half salt-and-pepper (2 % of pixels)."""
+    half = len(idx) // 2
+    clean = ctx.images[idx]
+    gauss = clean[:half] + ctx.token_rms * torch.randn(clean[:half].shape, generator=ctx.gen)
+    return torch.cat([gauss, salt_and_pepper(clean[half:], 0.02, ctx.gen)])
+
+
+@SAMPLE_KINDS.register("mismatched")
+def moved_token_images(idx: torch.Tensor, ctx: KindContext) -> torch.Tensor:
+    """A token made (for a random id) on a different random image, added to this one."""
+    n = len(ctx.images)
+    donors = (idx + torch.randint(1, n, (len(idx),), generator=ctx.gen)) % n
+    donor_tokens = ctx.maker(ctx.images[donors], ctx.draw_ids(len(idx))) - ctx.images[donors]
+    return ctx.images[idx] + donor_tokens
 
 
 def _cache_key(maker_bytes: bytes, cfg: PoisonConfig, images: torch.Tensor) -> str:
@@ -161,16 +212,18 @@ def build_poisoned_set(
             return PoisonedSet(**torch.load(cache_file, weights_only=True)), True
 
     maker = maker or TokenGenerator.load(encoder_dir).embed
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+    seed = 0 if cfg.seed is None else cfg.seed  # protection training sets it to the run's seed
+    gen = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
     n = len(images)
     order = torch.randperm(n, generator=gen)
     n_auth = int(round(cfg.gamma * n))
     auth_idx, unauth_idx = order[:n_auth], order[n_auth:]
-    n_unauth = len(unauth_idx)
-    n_noise = int(round(cfg.noise_fraction * n_unauth))
-    n_mis = int(round(cfg.mismatch_fraction * n_unauth))
-    noise_idx, mis_idx = unauth_idx[:n_noise], unauth_idx[n_noise : n_noise + n_mis]
+    # Each sample kind takes its fraction of the unauthorized part, in registration order.
+    parts, start = {}, 0
+    for name in SAMPLE_KINDS.names():
+        count = int(round(cfg.kinds.get(name, 0.0) * len(unauth_idx)))
+        parts[name], start = unauth_idx[start : start + count], start + count
 
     pool = [random_user_id(rng, "ascii" if i % 2 else "alnum") for i in range(cfg.id_pool)]
 
@@ -183,20 +236,13 @@ def build_poisoned_set(
     out[auth_idx] = authorized
     token_rms = tokens.pow(2).mean().sqrt().item() if n_auth else 0.0
 
-    # Noise images: half Gaussian with the tokens' RMS, half salt-and-pepper.
-    half = n_noise // 2
-    gauss = images[noise_idx[:half]] + token_rms * torch.randn(
-        images[noise_idx[:half]].shape, generator=gen
-    )
-    out[noise_idx[:half]] = gauss.clamp(0, 1)
-    out[noise_idx[half:]] = salt_and_pepper(images[noise_idx[half:]], 0.02, gen)
-    # Mismatched: a token made (for a random id) on a different random image, added to this one.
-    donors = (mis_idx + torch.randint(1, n, (n_mis,), generator=gen)) % n
-    donor_tokens = maker(images[donors], draw_ids(n_mis)) - images[donors]
-    out[mis_idx] = (images[mis_idx] + donor_tokens).clamp(0, 1)
-
+    ctx = KindContext(images, maker, gen, draw_ids, token_rms)
     kinds = torch.full((n,), CLEAN, dtype=torch.long)
-    kinds[auth_idx], kinds[noise_idx], kinds[mis_idx] = AUTHORIZED, NOISE, MISMATCHED
+    kinds[auth_idx] = AUTHORIZED
+    for name, idx in parts.items():
+        if len(idx):
+            out[idx] = SAMPLE_KINDS[name](idx, ctx).clamp(0, 1)
+            kinds[idx] = kind_code(name)
     new_labels = labels.clone()
     unauth_labels = STRATEGIES[cfg.strategy](labels[unauth_idx], num_classes, gen, cfg)
     new_labels[unauth_idx] = unauth_labels

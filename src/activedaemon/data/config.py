@@ -1,0 +1,32 @@
+"""The data options every trainer shares (encoder training and protection training)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from activedaemon.data.datasets import ImageDataset, load_dataset
+
+
+@dataclass
+class DataConfig:
+    """Which data set, where, at what size, and how much of it. Config dataclasses that train on
+    data inherit these fields (so presets and ``--set`` keep flat keys: ``image_size: 32``)."""
+
+    dataset: str = "fashion-mnist"
+    data_root: str | None = None
+    image_size: int = 32
+    channels: int = 3
+    limit_train: int | None = None
+    limit_test: int | None = None
+
+    def load_data(self, *, train: bool = True, limit_test: int | None = None) -> ImageDataset:
+        """The data set at this config's size; ``train=False`` skips the training split;
+        ``limit_test`` overrides the config's."""
+        return load_dataset(
+            self.dataset,
+            self.data_root,
+            size=self.image_size,
+            channels=self.channels,
+            limit_train=self.limit_train if train else 0,
+            limit_test=self.limit_test if limit_test is None else limit_test,
+        )
