@@ -16,13 +16,13 @@ from activedaemon.attacks.dormancy import (
 )
 from activedaemon.attacks.suite import load_context
 from activedaemon.protect import ProtectConfig, train_classifier
-from activedaemon.protect.models import StageTap, build_classifier, stage_names
 from activedaemon.protect.dormancy import (
     DormancyConfig,
     class_variance_share,
     cross_fitted_probe_r2,
     dormancy_term,
 )
+from activedaemon.protect.models import StageTap, build_classifier, stage_names
 from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
 
 

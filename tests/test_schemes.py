@@ -125,10 +125,26 @@ def test_attack_context_unlocks_a_weight_key(data):
         AttackContext(model, None, data)
 
 
-def test_compare_fast_writes_its_outputs(tmp_path):
+def test_compare_fast_runs_every_applicable_attack_and_reuses_runs(tmp_path):
+    from activedaemon.attacks import ATTACKS, NEEDS
+
     out = tmp_path / "cmp"
     caps = ["--attack-param", "extraction.queries=64", "--attack-param", "finetune.percents=[1]"]
+    every = ["--attacks", ",".join(ATTACKS.names())]
+    assert main(["compare", "--fast", "--out", str(out), "-q", *caps, *every]) == 0
+    results = json.loads((out / "compare.json").read_text())
+    for name, entry in results["schemes"].items():  # each attack ran or says what it lacks
+        assert set(entry["attacks"]) | set(entry["skipped"]) == set(ATTACKS.names()), name
+        for attack, why in entry["skipped"].items():
+            assert any(NEEDS[n] in why for n in ATTACKS[attack].needs), (name, attack, why)
+    assert set(results["schemes"]["activedaemon"]["attacks"]) == set(ATTACKS.names())
+    assert "gradcam" in results["schemes"]["passport"]["attacks"]  # needs no decoder
+    assert "transfer" in results["schemes"]["mlock"]["skipped"]  # needs the encoder
+    # A rerun reuses the trained runs instead of training again.
+    weights = sorted(out.rglob("weights.pt"))
+    stamps = [w.stat().st_mtime_ns for w in weights]
     assert main(["compare", "--fast", "--out", str(out), "-q", *caps]) == 0
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
     results = json.loads((out / "compare.json").read_text())
     mlock_attacks = results["schemes"]["mlock"]["attacks"]
     assert mlock_attacks["extraction"]["params"]["queries"] == 64

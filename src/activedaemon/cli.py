@@ -336,8 +336,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     }
     attack_params = _attack_params(args.attack_param)
     results = run_compare(
-        args.out, schemes, args.dataset, args.preset, args.fast, args.seed, overrides,
-        args.limit_test, tuple(a for a in args.attacks.split(",") if a),
+        args.out, schemes, dataset=args.dataset, preset=args.preset, fast=args.fast,
+        seed=args.seed, overrides=overrides, limit_test=args.limit_test,
+        attacks=tuple(a for a in args.attacks.split(",") if a),
         attack_params=attack_params, progress=not args.quiet,
     )  # fmt: skip
     print("  ".join(f"{c:>10}" for c in COLUMNS[:12]))

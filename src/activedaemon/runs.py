@@ -171,6 +171,10 @@ def config_from_dict(cls: type, values: dict, nested: dict[str, type], what: str
     return cls(**values)
 
 
+def read_json(path: Path | str) -> Any:
+    return json.loads(Path(path).read_text())
+
+
 def write_json(path: Path | str, data: Any) -> Path:
     """Write atomically (a crash never leaves half a file), creating the folder; returns path."""
     path = Path(path)

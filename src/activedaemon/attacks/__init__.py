@@ -14,9 +14,11 @@ from activedaemon.attacks import dormancy  # noqa: F401  the thief without a tok
 # isort: on
 from activedaemon.attacks.base import (
     ATTACKS,
+    NEEDS,
     AttackContext,
     AttackResult,
     list_attacks,
+    not_applicable,
     register_attack,
     run_attack,
     threat_model,
@@ -24,6 +26,8 @@ from activedaemon.attacks.base import (
 
 __all__ = [
     "ATTACKS",
+    "NEEDS",
+    "not_applicable",
     "AttackContext",
     "AttackResult",
     "list_attacks",

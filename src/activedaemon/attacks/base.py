@@ -1,9 +1,12 @@
 """One interface for every attack: a registry, one verb (``run_attack``), one result type.
 
 An attack is a function ``fn(ctx: AttackContext, **params) -> AttackResult`` registered with
-``@register_attack(name)``. Its docstring says what it does; the paragraph that starts with
-"Threat model:" says what the attacker has, and goes into the result and the report. Every attack
-has a fast mode (``ctx.fast``) with smaller defaults, used by the tests.
+``@register_attack(name, needs={...})``. ``needs`` names what it uses beyond the model and the
+authorized / clean test images (keys of ``NEEDS``); a context that lacks one (a compared scheme
+without ActiveDaemon's encoder, a key in the weights) makes the attack not applicable, with the
+reason. Its docstring says what it does; the paragraph that starts with "Threat model:" says
+what the attacker has, and goes into the result and the report. Every attack has a fast mode
+(``ctx.fast``) with smaller defaults, used by the tests.
 """
 
 from __future__ import annotations
@@ -24,27 +27,41 @@ from activedaemon.identity import random_user_id
 from activedaemon.imageio import round_8bit
 from activedaemon.metrics import accuracy
 from activedaemon.protect.adversarial import token_budget
+from activedaemon.registries import Registry
 
 log = logging.getLogger(__name__)
 
 AttackFn = Callable[..., "AttackResult"]
-ATTACKS: dict[str, AttackFn] = {}
+ATTACKS: Registry[AttackFn] = Registry("attack", loader="activedaemon.attacks")
+
+# What an attack may need from its context, and what lacking it means.
+NEEDS = {
+    "encoder": "ActiveDaemon's token encoder (user-specific tokens made on the image)",
+    "decoder": "ActiveDaemon's token decoder (reads the user id back)",
+    "input_key": "a key carried by the input (a token or patch on the image)",
+}
 
 
-def register_attack(name: str) -> Callable[[AttackFn], AttackFn]:
+def register_attack(name: str, needs: set[str] | frozenset[str] = frozenset()):
+    unknown = set(needs) - set(NEEDS)
+    if unknown:
+        raise ValueError(f"attack {name!r} needs unknown capabilities {sorted(unknown)}")
+
     def wrap(fn: AttackFn) -> AttackFn:
-        if name in ATTACKS:
-            raise ValueError(f"attack {name!r} registered twice")
-        ATTACKS[name] = fn
-        return fn
+        fn.needs = frozenset(needs)
+        return ATTACKS.register(name)(fn)
 
     return wrap
 
 
 def list_attacks() -> list[str]:
-    import activedaemon.attacks  # noqa: F401  (fills the registry)
+    return ATTACKS.names()
 
-    return list(ATTACKS)
+
+def not_applicable(name: str, ctx: AttackContext) -> str | None:
+    """Why attack ``name`` cannot run on ``ctx`` (what it needs and the context lacks), or None."""
+    missing = sorted(ATTACKS[name].needs - ctx.capabilities)
+    return "needs " + "; ".join(NEEDS[m] for m in missing) if missing else None
 
 
 def threat_model(name: str) -> str:
@@ -88,8 +105,9 @@ class AttackContext:
     Compared schemes (activedaemon.schemes) have no encoder: ``authorize`` (images, ids ->
     authorized images) replaces ``encoder.embed``, and ``unlock`` (model -> the model its key
     opens; identity for ActiveDaemon) turns any copy of the model into the one an authorized
-    user queries, for schemes whose key lives in the weights. Attacks that need the decoder are
-    not applicable to them (``ctx.encoder`` is None)."""
+    user queries, for schemes whose key lives in the weights. ``capabilities`` says what the
+    context offers attacks (``NEEDS``): encoder and decoder where there is an encoder, and
+    input_key unless ``key_in`` is "weights"."""
 
     def __init__(
         self,
@@ -102,6 +120,7 @@ class AttackContext:
         progress: bool = False,
         authorize: Callable[[torch.Tensor, list[str] | str], torch.Tensor] | None = None,
         unlock: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+        key_in: str = "input",
     ):
         if encoder is None and authorize is None:
             raise ValueError("an AttackContext needs an encoder or an authorize function")
@@ -114,7 +133,10 @@ class AttackContext:
         self.fast = fast
         self.out = Path(out) if out else None
         self.progress = progress
-        self.device = next(model.parameters()).device
+        self.capabilities = frozenset(
+            ({"encoder", "decoder"} if encoder is not None else set())
+            | ({"input_key"} if key_in == "input" else set())
+        )
 
     @property
     def test_x(self) -> torch.Tensor:
@@ -171,13 +193,13 @@ class AttackContext:
 
 def run_attack(name: str, ctx: AttackContext, **params) -> AttackResult:
     """Run one registered attack; fills in its threat model, time and baseline."""
-    import activedaemon.attacks  # noqa: F401  (fills the registry)
-
-    if name not in ATTACKS:
-        raise ValueError(f"unknown attack {name!r}; attacks: {', '.join(ATTACKS)}")
+    fn = ATTACKS[name]
+    why = not_applicable(name, ctx)
+    if why:
+        raise ValueError(f"attack {name!r} does not apply here: it {why}")
     started = time.time()
     log.info("attack %s", name)
-    result = ATTACKS[name](ctx, **params)
+    result = fn(ctx, **params)
     result.name, result.threat_model = name, threat_model(name)
     result.seconds = round(time.time() - started, 1)
     result.params = {"fast": ctx.fast, "seed": ctx.seed, **result.params}

@@ -9,7 +9,7 @@ from activedaemon.attacks.base import AttackContext, AttackResult, register_atta
 from activedaemon.metrics import gaussian_fake_tokens
 
 
-@register_attack("gaussian")
+@register_attack("gaussian", needs={"input_key"})
 def gaussian(ctx: AttackContext) -> AttackResult:
     """Gaussian noise in place of the token, scaled to each real token's L2 norm, and also
     clipped to its L-inf size (Table IV).
@@ -28,7 +28,7 @@ def gaussian(ctx: AttackContext) -> AttackResult:
     return AttackResult({**acc, "best_accuracy": best}, target, verdict)
 
 
-@register_attack("deteriorated")
+@register_attack("deteriorated", needs={"decoder", "input_key"})
 def deteriorated(ctx: AttackContext, steps: int | None = None) -> AttackResult:
     """Deteriorated tokens (Fig. 4): keep a random fraction gamma_f of the token's pixels,
     gamma_f from 0 to 1; and the authors' variant, a centred square crop of the authorized image
@@ -77,7 +77,7 @@ def deteriorated(ctx: AttackContext, steps: int | None = None) -> AttackResult:
     )
 
 
-@register_attack("mismatched")
+@register_attack("mismatched", needs={"encoder"})
 def mismatched(ctx: AttackContext) -> AttackResult:
     """The token made for another image x' added to x (Table VII): with a random user per image,
     and with the same user's token from another image.

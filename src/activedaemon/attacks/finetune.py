@@ -76,7 +76,7 @@ def _transfer_task(ctx: AttackContext, dataset: str | None, limit: int):
     return name, (x, perm[y]), (ctx.test_x, perm[ctx.test_y]), ctx.data.num_classes
 
 
-@register_attack("transfer")
+@register_attack("transfer", needs={"encoder"})
 def transfer(
     ctx: AttackContext,
     dataset: str | None = None,

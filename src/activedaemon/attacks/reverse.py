@@ -57,7 +57,7 @@ def neural_cleanse(model, x, y, steps: int, lam: float, batch: int, seed: int, p
     return torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach()
 
 
-@register_attack("reverse")
+@register_attack("reverse", needs={"decoder"})
 def reverse(
     ctx: AttackContext,
     steps: int | None = None,

@@ -52,7 +52,7 @@ def transforms(seed: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     return table
 
 
-@register_attack("transit")
+@register_attack("transit", needs={"decoder"})
 def transit(ctx: AttackContext) -> AttackResult:
     """JPEG (quality 95-50), resize down and back, Gaussian blur and Gaussian noise applied to
     authorized images; A_ad and the exact-id decode rate after each.

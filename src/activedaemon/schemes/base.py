@@ -18,33 +18,25 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from activedaemon.protect.train import ProtectConfig
+from activedaemon.registries import Registry
 
-SCHEMES: dict[str, type[Scheme]] = {}
+SCHEMES: Registry[type[Scheme]] = Registry("scheme", loader="activedaemon.schemes")
 
 
 def register_scheme(name: str) -> Callable[[type[Scheme]], type[Scheme]]:
     def wrap(cls: type[Scheme]) -> type[Scheme]:
-        if name in SCHEMES:
-            raise ValueError(f"scheme {name!r} registered twice")
         cls.name = name
-        SCHEMES[name] = cls
-        return cls
+        return SCHEMES.register(name)(cls)
 
     return wrap
 
 
 def list_schemes() -> list[str]:
-    import activedaemon.schemes  # noqa: F401  (fills the registry)
-
-    return list(SCHEMES)
+    return SCHEMES.names()
 
 
 def create_scheme(name: str, **options) -> Scheme:
     """A scheme by registered name; ``options`` go to its constructor (patch size, key...)."""
-    import activedaemon.schemes  # noqa: F401
-
-    if name not in SCHEMES:
-        raise ValueError(f"unknown scheme {name!r}; schemes: {', '.join(SCHEMES)}")
     return SCHEMES[name](**options)
 
 
@@ -56,8 +48,6 @@ class Scheme(ABC):
     name = "scheme"
     key_in = "input"
     changes_images = True
-    # Attacks of the suite that do not apply, with the reason (the compare report lists them).
-    not_applicable: dict[str, str] = {}
 
     def __init__(self) -> None:
         self.model: nn.Module | None = None

@@ -86,13 +86,6 @@ class ChaoW(Scheme):
 
     key_in = "weights"
     changes_images = False
-    not_applicable = {
-        "gaussian": "no input token: the key is in the weights (A_fk is the wrong-key accuracy)",
-        **{
-            n: "needs ActiveDaemon's token decoder or encoder (user-specific tokens)"
-            for n in ("deteriorated", "mismatched", "reverse", "stolen", "transit", "gradcam")
-        },
-    }
 
     def __init__(self, key: str = "chaow-owner-key") -> None:
         super().__init__()

@@ -12,30 +12,26 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
-from activedaemon.attacks.base import AttackContext, run_attack
-from activedaemon.data import load_dataset
-from activedaemon.metrics import image_quality
+from activedaemon.attacks.base import AttackContext, not_applicable, run_attack
+from activedaemon.metrics import accuracy, image_quality
 from activedaemon.protect.train import (
     ProtectConfig,
-    accuracy,
     load_classifier,
     load_preset,
     train_classifier,
 )
-from activedaemon.runs import finish_run, git_commit, start_run, write_json
+from activedaemon.runs import finished_run, git_commit, read_json, run_record, write_json
 from activedaemon.schemes.base import count_params_flops, create_scheme
+from activedaemon.schemes.report import COLUMNS, write_compare_outputs
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCHEMES = ("activedaemon", "mlock", "adip", "passport", "chaow")
 DEFAULT_ATTACKS = ("pruning", "gaussian", "finetune", "extraction")
-COLUMNS = (
-    "scheme", "key_in", "A_or", "A_ad", "A_ud", "A_od", "A_pd", "A_fk", "psnr", "ssim", "ergas",
-    "lpips", "params", "key_params", "flops", "train_seconds",
-)  # fmt: skip
+__all__ = ["COLUMNS", "DEFAULT_ATTACKS", "DEFAULT_SCHEMES", "measure", "run_compare"]
 
 
 def compare_config(
@@ -57,8 +53,11 @@ def measure(
     attacks: tuple[str, ...],
     attack_params: dict[str, dict] | None = None,
 ) -> dict:
-    """One scheme's row and its attack results (skipped attacks with the reason);
-    ``attack_params`` caps attacks by name (e.g. {"extraction": {"queries": 1000}})."""
+    """One scheme's row and its attack results (skipped attacks with the reason, asked of each
+    attack: what it needs that the scheme lacks); ``attack_params`` caps attacks by name
+    (e.g. {"extraction": {"queries": 1000}})."""
+    from activedaemon.attacks import list_attacks
+
     base = ctx.baseline
     row = {"scheme": scheme.name, "key_in": scheme.key_in, "A_or": a_or, **base}
     row.update(A_od=base["A_ad"] - a_or, A_pd=base["A_ad"] - base["A_ud"])
@@ -71,10 +70,11 @@ def measure(
     else:
         row.update(psnr=None, ssim=None, ergas=None, lpips=None)
     row.update(scheme.params_flops(tuple(ctx.test_x.shape[1:])))
+    inapplicable = {a: why for a in list_attacks() if (why := not_applicable(a, ctx))}
     results, skipped = {}, {}
     for name in attacks:
-        if name in scheme.not_applicable:
-            skipped[name] = scheme.not_applicable[name]
+        if name in inapplicable:
+            skipped[name] = inapplicable[name]
             continue
         results[name] = run_attack(name, ctx, **(attack_params or {}).get(name, {})).to_dict()
         log.info("%s / %s: %s", scheme.name, name, results[name]["verdict"])
@@ -88,15 +88,35 @@ def measure(
     return {
         "row": row,
         "extra": extra,
-        "not_applicable": dict(scheme.not_applicable),
+        "not_applicable": inapplicable,
         "attacks": results,
         "skipped": skipped,
     }
 
 
+def _train_or_reuse(scheme, cfg: ProtectConfig, options: dict, out: Path, clean_run, progress):
+    """Train ``scheme`` under ``out``, or load what an earlier run with the same config and
+    options left there (a rerun of compare does not retrain). Returns training seconds."""
+    marker = out / "scheme.json"
+    key = {"scheme": scheme.name, "options": options, "protect": cfg}
+    if finished_run(out / "scheme-record", key) and marker.is_file():
+        saved = read_json(marker)
+        scheme.load(saved["run"])
+        log.info("%s: reusing %s", scheme.name, saved["run"])
+        return saved["train_seconds"]
+    with run_record(out / "scheme-record", "compare-scheme", key, cfg.seed) as rec:
+        t0 = time.time()
+        run = scheme.train(cfg, out, clean_run=clean_run, progress=progress)
+        seconds = round(time.time() - t0, 1)
+        write_json(marker, {"run": str(run), "train_seconds": seconds})
+        rec.metrics = {"train_seconds": seconds}
+    return seconds
+
+
 def run_compare(
     out: str | Path,
     schemes: list[str] | tuple[str, ...] = DEFAULT_SCHEMES,
+    *,
     dataset: str = "fashion-mnist",
     preset: str = "cpu-small",
     fast: bool = False,
@@ -108,50 +128,72 @@ def run_compare(
     attack_params: dict[str, dict] | None = None,
     progress: bool = False,
 ) -> dict:
-    """Train the clean baseline and every scheme under ``out``, measure them, and write
-    compare.json, compare.csv, report.html, samples.png and pruning.png. Returns the results."""
+    """Train the clean baseline and every scheme under ``out`` (reusing finished runs of an
+    earlier call with the same settings), measure them, and write compare.json, compare.csv,
+    report.html, samples.png and pruning.png. Returns the results."""
+    from activedaemon.attacks import ATTACKS
+    from activedaemon.schemes import SCHEMES
+
+    SCHEMES.check(list(schemes))
+    ATTACKS.check(list(attacks))
     cfg = compare_config(dataset, preset, fast, seed, overrides)
     limit_test = cfg.limit_test if fast else limit_test
     config = {
-        "schemes": list(schemes), "attacks": list(attacks), "preset": preset, "fast": fast,
-        "limit_test": limit_test, "scheme_options": scheme_options or {},
-        "attack_params": attack_params or {}, "protect": asdict(cfg),
-    }  # fmt: skip
-    out = start_run(out, "compare", config, seed)
-    started = time.time()
-    clean_run = train_classifier(replace(cfg, protected=False), out / "clean", progress)
-    data = load_dataset(
-        cfg.dataset, cfg.data_root, size=cfg.image_size, channels=cfg.channels,
-        limit_train=cfg.limit_train, limit_test=limit_test,
-    )  # fmt: skip
-    clean = load_classifier(clean_run)
-    a_or = accuracy(clean, data.test.images, data.test.labels)
-    clean_row = {"scheme": "none (clean)", "A_or": a_or, "A_ud": a_or, "key_params": 0}
-    clean_row.update(count_params_flops(clean, tuple(data.test.images.shape[1:])))
-    results = {
-        "seed": seed, "commit": git_commit(), "dataset": cfg.dataset, "preset": preset,
-        "fast": fast, "test_images": len(data.test), "A_or": a_or, "clean": clean_row,
-        "schemes": {},
-    }  # fmt: skip
-    contexts = {}
-    for name in schemes:
-        scheme = create_scheme(name, **(scheme_options or {}).get(name, {}))
-        t0 = time.time()
-        scheme.train(cfg, out / name, clean_run=clean_run, progress=progress)
-        train_seconds = round(time.time() - t0, 1)
-        ctx = AttackContext(
-            scheme.deployed(), getattr(scheme, "encoder", None), data, seed=seed, fast=fast,
-            out=out / name / "attacks", authorize=scheme.authorize, unlock=scheme.unlock,
-        )  # fmt: skip
-        entry = measure(scheme, ctx, a_or, attacks, attack_params)
-        entry["row"]["train_seconds"] = train_seconds
-        results["schemes"][name] = entry
-        contexts[name] = ctx
-        write_json(out / "compare.json", results)  # what finished survives a later crash
-    results["seconds"] = round(time.time() - started, 1)
-    from activedaemon.schemes.report import write_compare_outputs
-
-    results["outputs"] = write_compare_outputs(results, contexts, out)
-    write_json(out / "compare.json", results)
-    finish_run(out, {n: e["row"] for n, e in results["schemes"].items()}, A_or=a_or)
+        "schemes": list(schemes),
+        "attacks": list(attacks),
+        "preset": preset,
+        "fast": fast,
+        "limit_test": limit_test,
+        "scheme_options": scheme_options or {},
+        "attack_params": attack_params or {},
+        "protect": cfg,
+    }
+    with run_record(out, "compare", config, seed) as rec:
+        out = rec.out
+        started = time.time()
+        clean_cfg = replace(cfg, protected=False)
+        clean_run = out / "clean"
+        if not finished_run(clean_run, clean_cfg):
+            train_classifier(clean_cfg, clean_run, progress)
+        data = cfg.load_data(limit_test=limit_test)
+        clean = load_classifier(clean_run)
+        a_or = accuracy(clean, data.test.images, data.test.labels)
+        clean_row = {"scheme": "none (clean)", "A_or": a_or, "A_ud": a_or, "key_params": 0}
+        clean_row.update(count_params_flops(clean, tuple(data.test.images.shape[1:])))
+        results = {
+            "seed": seed,
+            "commit": git_commit(),
+            "dataset": cfg.dataset,
+            "preset": preset,
+            "fast": fast,
+            "test_images": len(data.test),
+            "A_or": a_or,
+            "clean": clean_row,
+            "schemes": {},
+        }
+        contexts = {}
+        for name in schemes:
+            options = (scheme_options or {}).get(name, {})
+            scheme = create_scheme(name, **options)
+            seconds = _train_or_reuse(scheme, cfg, options, out / name, clean_run, progress)
+            ctx = AttackContext(
+                scheme.deployed(),
+                getattr(scheme, "encoder", None),
+                data,
+                seed=seed,
+                fast=fast,
+                out=out / name / "attacks",
+                authorize=scheme.authorize,
+                unlock=scheme.unlock,
+                key_in=scheme.key_in,
+            )
+            entry = measure(scheme, ctx, a_or, attacks, attack_params)
+            entry["row"]["train_seconds"] = seconds
+            results["schemes"][name] = entry
+            contexts[name] = ctx
+            write_json(out / "compare.json", results)  # what finished survives a later crash
+        results["seconds"] = round(time.time() - started, 1)
+        results["outputs"] = write_compare_outputs(results, contexts, out)
+        write_json(out / "compare.json", results)
+        rec.metrics = {"A_or": a_or, **{n: e["row"] for n, e in results["schemes"].items()}}
     return results

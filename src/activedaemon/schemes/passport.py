@@ -115,14 +115,6 @@ class Passport(Scheme):
 
     key_in = "weights"
     changes_images = False
-    not_applicable = {
-        "gaussian": "no input token: the key is the passport (A_fk is the forged-passport "
-        "accuracy)",
-        **{
-            n: "needs ActiveDaemon's token decoder or encoder (user-specific tokens)"
-            for n in ("deteriorated", "mismatched", "reverse", "stolen", "transit", "gradcam")
-        },
-    }
 
     def __init__(
         self, sign_weight: float = 0.1, passport_seed: int = 2019, forged_seed: int = 12345

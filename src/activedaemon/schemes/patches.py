@@ -53,10 +53,6 @@ class PatchMaker:
 class PatchScheme(Scheme):
     """Train on the poisoned set with ``self.maker`` as the token maker."""
 
-    not_applicable = {
-        n: "needs ActiveDaemon's token decoder or encoder (user-specific tokens)"
-        for n in ("deteriorated", "mismatched", "reverse", "stolen", "transit", "gradcam")
-    }
     maker: PatchMaker
 
     def train(self, cfg, out, clean_run=None, progress=False) -> Path:

@@ -14,7 +14,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from activedaemon.attacks.figures import save_image_rows  # noqa: E402
 from activedaemon.evaluate.report import STYLE, _image  # noqa: E402
-from activedaemon.schemes.compare import COLUMNS  # noqa: E402
+
+COLUMNS = (
+    "scheme", "key_in", "A_or", "A_ad", "A_ud", "A_od", "A_pd", "A_fk", "psnr", "ssim", "ergas",
+    "lpips", "params", "key_params", "flops", "train_seconds",
+)  # fmt: skip
 
 N_SAMPLES = 6
 # The figures each attack's verdict rests on, shown in the report's attack table; an attack not
