@@ -167,4 +167,4 @@ def test_adversarial_negatives_stay_in_budget_and_train(tiny_encoder, tmp_path):
     )  # fmt: skip
     run = train_classifier(cfg, tmp_path / "adv", progress=False)
     saved = json.loads((run / "run.json").read_text())
-    assert saved["metrics"]["adversarial_budget"]["linf"] > 0
+    assert saved["metrics"]["token_budget"]["linf"] > 0
