@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,12 +195,13 @@ def train_classifier(
     out: str | Path,
     progress: bool = True,
     token_maker: TokenMaker | None = None,
-    extra_pieces: list[TrainingPiece] | None = None,
+    extra_pieces: list[Callable[[PieceEnv], TrainingPiece]] | None = None,
 ) -> Path | None:
     """Train (protected or clean) and write the run folder; returns its path (None on DDP ranks
     other than 0, which write nothing). ``token_maker`` replaces the encoder as the maker of
     authorized images (a compared scheme's visible patch, activedaemon.schemes);
-    ``extra_pieces`` are built pieces added to the configured ones (a scheme's loss hook)."""
+    ``extra_pieces`` make pieces (from the PieceEnv) added to the configured ones, protected or
+    not (a compared scheme's loss hook)."""
     if cfg.protected and token_maker is None:
         _check_encoder(cfg)
     rank, world = _distributed()
@@ -252,7 +254,7 @@ def _train_loop(
     progress: bool,
     rank: int,
     world: int,
-    extra_pieces: list[TrainingPiece],
+    extra_pieces: list[Callable[[PieceEnv], TrainingPiece]],
 ) -> tuple[list[dict], dict]:
     """The plain loop: objective + pieces, one epoch at a time; keeps the epoch with the best
     validation score (authorized minus clean accuracy; clean accuracy for clean runs)."""
@@ -278,7 +280,7 @@ def _train_loop(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     objective = OBJECTIVES[cfg.objective if cfg.protected else "poison"]
     env = PieceEnv(model, device, data.num_classes, cfg.seed, rank, data.info)
-    pieces = _build_pieces(cfg, env) + extra_pieces
+    pieces = _build_pieces(cfg, env) + [make(env) for make in extra_pieces]
 
     def rows(tensor: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
         return None if tensor is None else tensor[idx].to(device)

@@ -10,20 +10,18 @@ passports are extra numbers stored with the key (Table X: passports add paramete
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, replace
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from activedaemon.data import load_dataset
-from activedaemon.metrics import accuracy
-from activedaemon.protect.models import build_classifier, register_classifier, resnet18
-from activedaemon.protect.train import load_classifier
-from activedaemon.runs import CARD_FILE, WEIGHTS_FILE, finish_run, seed_everything, start_run
+from activedaemon.protect.models import register_classifier, resnet18
+from activedaemon.protect.objectives import TrainBatch
+from activedaemon.protect.pieces import PieceEnv, TrainingPiece
+from activedaemon.protect.train import load_classifier, train_classifier
 from activedaemon.schemes.base import Scheme, clone, register_scheme
 
 PASSPORT_HW = 8  # spatial size of a passport; it is average-pooled, so any size works
@@ -79,11 +77,36 @@ def passport_resnet18(num_classes: int, in_channels: int = 3, width: int = 64) -
 
 def set_passports(model: nn.Module, passports: list[dict[str, torch.Tensor]]) -> nn.Module:
     """A copy of ``model`` with the given passports (one dict of gamma/beta per layer)."""
-    out = clone(model)
-    for layer, p in zip(passport_layers(out), passports, strict=True):
+    return write_passports(clone(model), passports)
+
+
+@torch.no_grad()
+def write_passports(model: nn.Module, passports: list[dict[str, torch.Tensor]]) -> nn.Module:
+    """``model`` itself, its passport layers set to ``passports``."""
+    for layer, p in zip(passport_layers(model), passports, strict=True):
         layer.passport_gamma.copy_(p["gamma"])
         layer.passport_beta.copy_(p["beta"])
-    return out
+    return model
+
+
+class SignLoss(TrainingPiece):
+    """The passport scheme's piece of the shared training loop: sets the owner's passports in
+    the model being trained and adds the weighted sign loss that writes the signature."""
+
+    def __init__(self, scheme: Passport, env: PieceEnv) -> None:
+        super().__init__(None, env)
+        write_passports(env.model, random_passports(env.model, scheme.passport_seed))
+        self.weight, self.total, self.steps = scheme.sign_weight, 0.0, 0
+
+    def loss(self, batch: TrainBatch) -> torch.Tensor:
+        sign = sum(layer.sign_loss() for layer in passport_layers(self.env.model))
+        self.total, self.steps = self.total + float(sign.detach()), self.steps + 1
+        return self.weight * sign
+
+    def epoch_summary(self) -> dict[str, float]:
+        row = {"sign_loss": round(self.total / max(self.steps, 1), 4)}
+        self.total, self.steps = 0.0, 0
+        return row
 
 
 def random_passports(model: nn.Module, seed: int, zero: bool = False) -> list[dict]:
@@ -125,60 +148,12 @@ class Passport(Scheme):
         self.passports: list[dict] = []
 
     def train(self, cfg, out, clean_run=None, progress=False) -> Path:
+        """The shared training loop (schedule, validation split, epoch choice) on the clean
+        training set, with the owner's passports and the sign loss as a training piece."""
         cfg = replace(cfg, arch="passport-resnet18", protected=False)
-        out = start_run(out, "scheme-passport", asdict(cfg), cfg.seed)
-        seed_everything(cfg.seed)
-        data = load_dataset(
-            cfg.dataset, cfg.data_root, size=cfg.image_size, channels=cfg.channels,
-            limit_train=cfg.limit_train, limit_test=cfg.limit_test,
-        )  # fmt: skip
-        model = build_classifier(cfg.arch, data.num_classes, cfg.channels, cfg.width)
-        model = set_passports(model, random_passports(model, self.passport_seed))
-        x, y = data.train.images, data.train.labels
-        opt = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            nesterov=True,
-        )  # fmt: skip
-        steps = max(1, len(x) // cfg.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps * cfg.epochs)
-        history, started = [], time.time()
-        for epoch in range(cfg.epochs):
-            model.train()
-            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-            loss_sum = sign_sum = 0.0
-            for step in range(steps):
-                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                ce = F.cross_entropy(model(x[idx]), y[idx])
-                sign = sum(layer.sign_loss() for layer in passport_layers(model))
-                loss = ce + self.sign_weight * sign
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                loss_sum, sign_sum = loss_sum + ce.item(), sign_sum + float(sign.detach())
-            history.append(
-                {"epoch": epoch + 1, "train_ce": round(loss_sum / steps, 4),
-                 "sign_loss": round(sign_sum / steps, 4)}
-            )  # fmt: skip
-        torch.save(model.state_dict(), out / WEIGHTS_FILE)
-        card = {
-            "arch": cfg.arch, "width": cfg.width, "num_classes": data.num_classes,
-            "image_size": cfg.image_size, "channels": cfg.channels, "dataset": cfg.dataset,
-            "protected": True, "encoder": None,
-        }  # fmt: skip
-        (out / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
-        model.card = card
-        finish_run(
-            out,
-            {
-                "history": history,
-                "train_seconds": round(time.time() - started, 1),
-                "signature_match_pct": signature_match(model),
-                "test_acc_right_passport": accuracy(model, data.test.images, data.test.labels),
-            },
-        )
-        self.load(out)
-        return out
+        run = train_classifier(cfg, out, progress=progress, extra_pieces=[partial(SignLoss, self)])
+        self.load(run)
+        return run
 
     def load(self, run) -> Passport:
         self.model = load_classifier(run)
