@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
 
-from activedaemon.attacks.base import AttackContext, list_attacks, run_attack
+from activedaemon.attacks.base import (
+    ATTACKS,
+    AttackContext,
+    list_attacks,
+    not_applicable,
+    run_attack,
+)
 from activedaemon.attacks.figures import save_curve
 from activedaemon.data import load_dataset
 from activedaemon.protect.train import load_protected
-from activedaemon.runs import git_commit, write_json
+from activedaemon.runs import git_commit, run_record, write_json
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +50,37 @@ def load_context(
 
 
 def run_suite(
-    ctx: AttackContext, names: list[str] | None = None, params: dict[str, dict] | None = None
+    ctx: AttackContext,
+    names: list[str] | None = None,
+    params: dict[str, dict] | None = None,
+    config: dict | None = None,
 ) -> dict:
-    """Run ``names`` (default: all) on ``ctx``, with ``params`` {attack: {key: value}}; with
-    ``ctx.out``, write attacks.json, one curve figure per attack that has a curve, and
-    report.html. Returns the results dict."""
-    names = names or list_attacks()
+    """Run ``names`` (default: every attack that applies to ``ctx``) with ``params``
+    {attack: {key: value}}; with ``ctx.out``, write attacks.json, one curve figure per attack
+    that has a curve, and report.html, under a run record (``config`` adds to what it records:
+    the model, the encoder). Unknown or inapplicable names are refused before any attack runs.
+    Returns the results dict."""
+    names = names or [n for n in list_attacks() if not not_applicable(n, ctx)]
+    ATTACKS.check(names)
+    refused = {n: why for n in names if (why := not_applicable(n, ctx))}
+    if refused:
+        raise ValueError(
+            "; ".join(f"attack {n!r} does not apply: it {w}" for n, w in refused.items())
+        )
+    record_config = {**(config or {}), "attacks": names, "params": params or {}, "fast": ctx.fast}
+    record = (
+        run_record(ctx.out, "attack", record_config, ctx.seed)
+        if ctx.out is not None
+        else contextlib.nullcontext()
+    )
+    with record as rec:
+        results = _run_attacks(ctx, names, params or {})
+        if rec is not None:
+            rec.metrics = {n: r["metrics"] for n, r in results["attacks"].items()}
+    return results
+
+
+def _run_attacks(ctx: AttackContext, names: list[str], params: dict[str, dict]) -> dict:
     started = time.time()
     results = {
         "seed": ctx.seed,
@@ -61,7 +93,7 @@ def run_suite(
         "attacks": {},
     }
     for name in names:
-        result = run_attack(name, ctx, **(params or {}).get(name, {}))
+        result = run_attack(name, ctx, **params.get(name, {}))
         if ctx.out is not None and result.curve:
             result.figures.insert(0, str(save_curve(result, ctx.out / f"{name}.png")))
         log.info("%s: %s (%.0f s)", name, result.verdict, result.seconds)
