@@ -2,24 +2,45 @@
 sample kinds, training pieces, objectives, attacks, schemes).
 
 A registry maps names to objects, refuses a name registered twice, lists its names in
-registration order, and answers an unknown name with the close matches. ``loader`` names the
-module whose import registers the built-in entries, so that a registry asked from anywhere is full.
+registration order, and answers an unknown name with the close matches. ``loaders`` name the
+packages whose import registers the entries, so that a registry asked from anywhere is full:
+each such package imports its built-in modules in order, then every other module in its folder
+(``import_submodules``), so a new attack, scheme, classifier or data set is one file dropped into
+the package. Modules outside the package register too when named in ``$ACTIVEDAEMON_PLUGINS``
+(comma-separated module names, imported by every registry's first lookup).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import os
+import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+PLUGINS_ENV = "ACTIVEDAEMON_PLUGINS"
+
+
+def import_submodules(package: str) -> None:
+    """Import every module of ``package``'s folder (name order; those already imported stay)."""
+    pkg = importlib.import_module(package)
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")
+
+
+def import_plugins() -> None:
+    for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
+        importlib.import_module(name)
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, loader: str | None = None) -> None:
+    def __init__(self, kind: str, loaders: tuple[str, ...] = ()) -> None:
         self.kind = kind  # "attack", "scheme"...: used in messages
-        self.loader = loader
+        self.loaders = loaders
+        self._loaded = False
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
@@ -34,8 +55,11 @@ class Registry(Generic[T]):
         return add if obj is None else add(obj)
 
     def _load(self) -> None:
-        if self.loader:
-            importlib.import_module(self.loader)
+        if not self._loaded:
+            self._loaded = True
+            for package in self.loaders:
+                importlib.import_module(package)
+            import_plugins()
 
     def names(self) -> list[str]:
         self._load()
@@ -46,7 +70,8 @@ class Registry(Generic[T]):
         return list(self._entries.items())
 
     def __contains__(self, name: object) -> bool:
-        self._load()
+        if name not in self._entries:  # a lookup that hits needs no imports
+            self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
@@ -56,8 +81,7 @@ class Registry(Generic[T]):
         return len(self.names())
 
     def __getitem__(self, name: str) -> T:
-        self._load()
-        if name not in self._entries:
+        if name not in self:
             raise ValueError(self.unknown_message(name))
         return self._entries[name]
 
@@ -68,6 +92,7 @@ class Registry(Generic[T]):
             raise ValueError("; ".join(self.unknown_message(n) for n in unknown))
 
     def unknown_message(self, name: str) -> str:
+        self._load()
         close = difflib.get_close_matches(str(name), self._entries, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         return f"unknown {self.kind} {name!r}{hint}; {self.kind}s: {', '.join(self._entries)}"

@@ -23,6 +23,7 @@ from activedaemon.attacks.base import (
     run_attack,
     threat_model,
 )
+from activedaemon.registries import import_submodules
 
 __all__ = [
     "ATTACKS",
@@ -35,3 +36,5 @@ __all__ = [
     "run_attack",
     "threat_model",
 ]
+
+import_submodules(__name__)  # a new module dropped into this folder registers itself

@@ -32,7 +32,7 @@ from activedaemon.registries import Registry
 log = logging.getLogger(__name__)
 
 AttackFn = Callable[..., "AttackResult"]
-ATTACKS: Registry[AttackFn] = Registry("attack", loader="activedaemon.attacks")
+ATTACKS: Registry[AttackFn] = Registry("attack", ("activedaemon.attacks",))
 
 # What an attack may need from its context, and what lacking it means.
 NEEDS = {

@@ -6,6 +6,9 @@ from activedaemon.protect.train import ProtectConfig, load_classifier, train_cla
 from activedaemon.protect import adversarial, dormancy  # noqa: F401  (registers the pieces)
 
 # isort: on
+from activedaemon.registries import import_submodules  # noqa: E402
+
+import_submodules(__name__)  # a new module dropped into this folder registers itself
 
 __all__ = [
     "ProtectConfig",

@@ -10,7 +10,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from activedaemon.registries import Registry
 
-CLASSIFIERS: Registry[Callable[..., nn.Module]] = Registry("classifier")
+CLASSIFIERS: Registry[Callable[..., nn.Module]] = Registry(
+    "classifier", ("activedaemon.protect", "activedaemon.schemes")
+)
 register_classifier = CLASSIFIERS.register
 
 

@@ -62,7 +62,7 @@ class TrainingPiece:
         pass
 
 
-PIECES: Registry[type[TrainingPiece]] = Registry("training piece", loader="activedaemon.protect")
+PIECES: Registry[type[TrainingPiece]] = Registry("training piece", ("activedaemon.protect",))
 
 
 def piece_config(name: str, values: Any) -> Any:

@@ -38,7 +38,7 @@ LabelStrategy = Callable[[torch.Tensor, int, torch.Generator, "PoisonConfig"], t
 # Makes authorized images from clean ones and user ids: ActiveDaemon's encoder, or a compared
 # scheme's visible patch (activedaemon.schemes). A ``cache_key`` attribute (str) allows caching.
 TokenMaker = Callable[[torch.Tensor, list[str]], torch.Tensor]
-STRATEGIES: Registry[LabelStrategy] = Registry("strategy")
+STRATEGIES: Registry[LabelStrategy] = Registry("strategy", ("activedaemon.protect",))
 
 
 @dataclass
@@ -54,7 +54,7 @@ class KindContext:
 
 
 SampleKind = Callable[[torch.Tensor, KindContext], torch.Tensor]  # (indices, ctx) -> images
-SAMPLE_KINDS: Registry[SampleKind] = Registry("sample kind")
+SAMPLE_KINDS: Registry[SampleKind] = Registry("sample kind", ("activedaemon.protect",))
 
 
 @STRATEGIES.register("single")

@@ -17,5 +17,8 @@ from activedaemon.schemes.base import (
 from activedaemon.schemes import activedaemon, patches, passport, chaow  # noqa: F401
 
 # isort: on
+from activedaemon.registries import import_submodules  # noqa: E402
+
+import_submodules(__name__)  # a new module dropped into this folder registers itself
 
 __all__ = ["SCHEMES", "Scheme", "create_scheme", "list_schemes", "register_scheme"]

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from activedaemon.protect.train import ProtectConfig
 from activedaemon.registries import Registry
 
-SCHEMES: Registry[type[Scheme]] = Registry("scheme", loader="activedaemon.schemes")
+SCHEMES: Registry[type[Scheme]] = Registry("scheme", ("activedaemon.schemes",))
 
 
 def register_scheme(name: str) -> Callable[[type[Scheme]], type[Scheme]]:
