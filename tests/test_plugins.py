@@ -119,3 +119,9 @@ def test_worked_examples_are_one_file_each(toy_runs, tiny_encoder, tmp_path):
         text=True,
     )
     assert listed.returncode == 0 and "contrast" in listed.stdout, listed.stderr[-2000:]
+
+
+def test_contributing_shows_the_tested_examples():
+    doc = (EXAMPLES.parent.parent / "CONTRIBUTING.md").read_text()
+    for name in PLUGINS.split(","):
+        assert "```python\n" + (EXAMPLES / f"{name}.py").read_text() + "```" in doc, name
