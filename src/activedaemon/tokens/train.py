@@ -16,18 +16,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from tqdm.auto import tqdm
 
-from activedaemon.data import load_dataset
+from activedaemon.data.config import DataConfig
 from activedaemon.identity import CODE_BITS
 from activedaemon.metrics import lpips_status, psnr_per_image, ssim_fast
-from activedaemon.runs import (
-    config_from_dict,
-    finish_run,
-    seed_everything,
-    start_run,
-    write_json,
-)
+from activedaemon.runs import config_from_dict, run_record, seed_everything, write_json
 from activedaemon.tokens.evaluate import evaluate_tokens
 from activedaemon.tokens.generator import TokenGenerator
 from activedaemon.tokens.networks import ArchConfig, Critic, Decoder, Encoder
@@ -35,13 +30,8 @@ from activedaemon.tokens.noise import NoiseConfig, NoiseLayer
 
 
 @dataclass
-class EncoderTrainConfig:
-    dataset: str = "fashion-mnist"
-    data_root: str | None = None
-    image_size: int = 32
-    channels: int = 3
-    limit_train: int | None = None
-    limit_test: int = 2000  # test images for the final report
+class EncoderTrainConfig(DataConfig):
+    limit_test: int | None = 2000  # test images for the final report
     steps: int = 4200
     batch_size: int = 64
     lr: float = 1e-3
@@ -86,25 +76,10 @@ class EncoderTrainConfig:
         )
 
 
+ENCODER_PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "encoders"
+# Encoder training presets (activedaemon/configs/encoders/*.yaml): name -> option values.
 PRESETS: dict[str, dict] = {
-    # Fashion-MNIST at 32x32x3 on a 2-core CPU: about 6 minutes.
-    "cpu": {},
-    # One grey channel at the native 28x28: 784 values for 127 bits; a lower accuracy target.
-    "cpu-grey28": {"image_size": 28, "channels": 1, "target_bit_acc": 0.94},
-    # Seconds, for tests and smoke runs: ids decode, but the image losses barely start (visible).
-    "tiny": {
-        "limit_train": 256,
-        "limit_test": 64,
-        "steps": 700,
-        "batch_size": 32,
-        "base": 8,
-        "decoder_width": 16,
-        "critic": False,
-        "noise_ramp_steps": 400,
-        "warmup_bit_acc": 0.98,
-    },
-    # Closer to the paper's scale on a GPU (224 px needs an image folder, e.g. ImageNet).
-    "gpu-paper": {"steps": 140_000, "batch_size": 32, "base": 32, "decoder_width": 64},
+    p.stem: yaml.safe_load(p.read_text()) or {} for p in sorted(ENCODER_PRESET_DIR.glob("*.yaml"))
 }
 
 
@@ -119,15 +94,13 @@ def train_encoder(
 ) -> TokenGenerator:
     """Run Algorithm 1 and write the run folder ``out`` (also a loadable encoder checkpoint)."""
     seed_everything(cfg.seed)
-    data = load_dataset(
-        cfg.dataset,
-        cfg.data_root,
-        size=cfg.image_size,
-        channels=cfg.channels,
-        limit_train=cfg.limit_train,
-        limit_test=cfg.limit_test,
-    )
-    out = start_run(out, "train-encoder", asdict(cfg), cfg.seed)
+    data = cfg.load_data()
+    with run_record(out, "train-encoder", cfg, cfg.seed) as rec:
+        generator, rec.metrics = _train(cfg, data, rec.out, progress)
+    return generator
+
+
+def _train(cfg: EncoderTrainConfig, data, out: Path, progress: bool):
     arch = cfg.arch()
     # channels_last: about 1.7x faster convolutions on this CPU.
     cl = torch.channels_last
@@ -227,5 +200,4 @@ def train_encoder(
     from activedaemon.tokens.figures import save_sample_grid
 
     save_sample_grid(generator, data.test.images[:6], out / "samples.png", seed=cfg.seed)
-    finish_run(out, metrics)
-    return generator
+    return generator, metrics
