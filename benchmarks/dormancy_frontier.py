@@ -22,7 +22,7 @@ from activedaemon.attacks import run_attack
 from activedaemon.attacks.suite import load_context
 from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
-from activedaemon.runs import git_commit, write_json
+from activedaemon.runs import finished_run, git_commit, run_record, write_json
 
 ENCODER = "fashion-mnist-32"
 UNIFORM = {"objective": "uniform"}
@@ -41,15 +41,14 @@ SETTINGS = {
 
 def train(name: str, overrides: dict, args: argparse.Namespace, protected: bool = True) -> Path:
     out = args.out / name
-    record = out / "run.json"
-    if record.is_file() and json.loads(record.read_text())["status"] == "done":
-        return out  # reuse: the same setting was trained to the end before
     values = {**load_preset("cpu-small"), **overrides, "seed": args.seed, "protected": protected}
     values["cache_dir"] = str(args.out / "cache")
     for key in ("epochs", "limit_train"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
-    train_classifier(ProtectConfig.from_dict(values), out, progress=not args.quiet)
+    cfg = ProtectConfig.from_dict(values)
+    if not finished_run(out, cfg):  # reuse: the same setting was trained to the end before
+        train_classifier(cfg, out, progress=not args.quiet)
     return out
 
 
@@ -115,6 +114,11 @@ def main() -> None:
     unknown = set(names) - set(SETTINGS)
     if unknown:
         parser.error(f"unknown settings {sorted(unknown)}; settings: {', '.join(SETTINGS)}")
+    with run_record(args.out, "benchmark-dormancy-frontier", vars(args), args.seed) as rec:
+        rec.metrics = {"rows": run(names, args)}
+
+
+def run(names: list[str], args: argparse.Namespace) -> list[dict]:
     clean = train("clean", {}, args, protected=False)
     saved = args.out / "frontier.json"
     done = json.loads(saved.read_text())["rows"] if saved.is_file() else []
@@ -135,6 +139,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     save_figure(rows, args.out / "frontier.png")
+    return [{k: r[k] for k in keys} for r in rows]
 
 
 if __name__ == "__main__":
