@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from activedaemon.data.datasets import ImageDataset, load_dataset
+from activedaemon.data.datasets import IMAGE_FOLDER_PREFIX, ImageDataset, _source, load_dataset
 
 
 @dataclass
@@ -18,6 +18,13 @@ class DataConfig:
     channels: int = 3
     limit_train: int | None = None
     limit_test: int | None = None
+
+    def validate_data(self) -> None:
+        """Refuse an unknown data set name or a bad size before any work starts."""
+        if not self.dataset.startswith(IMAGE_FOLDER_PREFIX):
+            _source(self.dataset)
+        if self.image_size < 1 or self.channels not in (1, 3):
+            raise ValueError("image_size must be >= 1 and channels 1 or 3")
 
     def load_data(self, *, train: bool = True, limit_test: int | None = None) -> ImageDataset:
         """The data set at this config's size; ``train=False`` skips the training split;

@@ -27,7 +27,7 @@ from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
 from activedaemon.metrics import accuracy
 from activedaemon.protect.adversarial import token_budget
-from activedaemon.protect.models import build_classifier, normalization
+from activedaemon.protect.models import CLASSIFIERS, build_classifier, normalization
 from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece, piece_config
 from activedaemon.protect.poison import AUTHORIZED, PoisonConfig, TokenMaker, build_poisoned_set
@@ -83,6 +83,9 @@ class ProtectConfig(DataConfig):
         return cfg
 
     def validate(self) -> None:
+        self.validate_data()
+        if not self.arch.startswith("torchvision:"):
+            CLASSIFIERS.check(self.arch)
         OBJECTIVES.check(self.objective)
         if self.schedule not in ("onecycle", "multistep"):
             raise ValueError("schedule must be 'onecycle' or 'multistep'")

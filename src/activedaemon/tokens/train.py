@@ -63,7 +63,9 @@ class EncoderTrainConfig(DataConfig):
 
     @classmethod
     def from_dict(cls, values: dict) -> EncoderTrainConfig:
-        return config_from_dict(cls, values, {"noise": NoiseConfig}, "encoder training")
+        cfg = config_from_dict(cls, values, {"noise": NoiseConfig}, "encoder training")
+        cfg.validate_data()
+        return cfg
 
     def arch(self) -> ArchConfig:
         return ArchConfig(
