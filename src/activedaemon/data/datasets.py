@@ -11,7 +11,7 @@ import gzip
 import os
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +72,6 @@ class DatasetSource:
     class_names: Callable[[Path], list[str]]
     download: Callable[[Path], None] | None = None  # torchvision download into a root
     offline_hint: str = ""  # how to get it without a network
-    files: tuple[str, ...] = field(default=())  # for `datasets`: files whose size is reported
 
 
 DATASETS: dict[str, DatasetSource] = {}
