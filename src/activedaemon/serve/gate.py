@@ -82,6 +82,7 @@ class Gatekeeper:
         model: torch.nn.Module,
         registry: Registry,
         class_names: list[str],
+        *,
         limits: Limits | None = None,
         scheme: AuthIdScheme | None = None,
         master: bytes | None = None,

@@ -52,7 +52,9 @@ def build_gatekeeper(
             "the model was protected with encoder %s, serving with %s", card["encoder"], encoder
         )
     names = card.get("class_names") or [str(i) for i in range(card["num_classes"])]
-    return Gatekeeper(generator, model, Registry(db_url), names, limits, scheme, master)
+    return Gatekeeper(
+        generator, model, Registry(db_url), names, limits=limits, scheme=scheme, master=master
+    )
 
 
 def serve(gate: Gatekeeper, admin_key: str, host: str = "127.0.0.1", port: int = 8000) -> None:
