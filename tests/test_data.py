@@ -2,7 +2,9 @@
 the real Debian package (installed by the README's first command and by CI)."""
 
 import gzip
+import json
 import pickle
+import shlex
 import struct
 from pathlib import Path
 
@@ -160,7 +162,7 @@ def test_image_folder_random_split(tmp_path):
 def test_image_folder_train_val_and_sizes(tmp_path):
     write_image_folder(tmp_path / "train", sizes=((20, 20), (24, 30)))
     write_image_folder(tmp_path / "val", n=2)
-    with pytest.raises(ValueError, match="--size"):
+    with pytest.raises(ValueError, match=r"pass size=N .*--set image_size=N"):
         load_dataset(f"imagefolder:{tmp_path}")
     ds = load_dataset(f"imagefolder:{tmp_path}", size=16, channels=1)
     assert ds.train.images.shape == (10, 1, 16, 16) and ds.test.images.shape == (4, 1, 16, 16)
@@ -180,12 +182,27 @@ def test_image_folder_missing(tmp_path):
         load_dataset(f"imagefolder:{tmp_path}")
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100", "svhn", "gtsrb"])
-def test_missing_dataset_names_the_fix(tmp_path, name):
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("mnist", "MNIST"),
+        ("cifar10", "CIFAR10"),
+        ("cifar100", "CIFAR100"),
+        ("svhn", "SVHN"),
+        ("gtsrb", "GTSRB"),
+    ],
+)
+def test_missing_dataset_names_the_fix(tmp_path, name, cls):
     with pytest.raises(DatasetNotFoundError) as err:
         load_dataset(name, data_root=tmp_path)
     message = str(err.value)
-    assert str(tmp_path) in message and "--data-root" in message and "--download" in message
+    assert str(tmp_path) in message and "--data-root" in message and "--download" not in message
+    # The download advice is a shell command running torchvision's downloader into the root.
+    argv = shlex.split(message.split("torchvision fetches it: ", 1)[1])
+    assert argv[:2] == ["python", "-c"] and len(argv) == 3
+    code = argv[2]
+    compile(code, "<download command>", "exec")
+    assert f"d.{cls}({json.dumps(str(tmp_path))}, " in code and "download=True" in code
 
 
 def test_missing_fashion_mnist_names_the_debian_package(tmp_path, monkeypatch):

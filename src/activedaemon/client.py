@@ -91,8 +91,9 @@ class Client:
             return gen.embed(images, self.user_id)
         c = self.credential
         messages = c.scheme.messages(c.number, c.key, images)
-        return gen.embed_codewords(images, torch.stack([gen.codec.encode_message(m)
-                                                        for m in messages]))  # fmt: skip
+        return gen.embed_codewords(
+            images, torch.stack([gen.codec.encode_message(m) for m in messages])
+        )
 
     def predict(self, images: torch.Tensor) -> list[dict]:
         """Predictions for clean [0, 1] images (N, C, H, W): tokens are added here first."""
@@ -100,8 +101,9 @@ class Client:
 
     def send(self, images: torch.Tensor) -> list[dict]:
         """Send images as they are (already authorized, or not) -> the service's predictions."""
-        files = [("images", (f"{i}.png", png_bytes(img), "image/png")) for i, img in
-                 enumerate(images)]  # fmt: skip
+        files = [
+            ("images", (f"{i}.png", png_bytes(img), "image/png")) for i, img in enumerate(images)
+        ]
         return raise_for_error(self.http.post("/v1/predict", files=files))["predictions"]
 
     def predict_files(self, paths: Sequence[str | Path], resize: bool = False) -> list[dict]:
@@ -116,9 +118,11 @@ class AdminClient:
 
     def __init__(self, url: str, admin_key: str, timeout: float = 30.0, transport=None) -> None:
         self.http = httpx.Client(
-            base_url=url.rstrip("/"), timeout=timeout, transport=transport,
+            base_url=url.rstrip("/"),
+            timeout=timeout,
+            transport=transport,
             headers={"X-Admin-Key": admin_key},
-        )  # fmt: skip
+        )
 
     def add(self, user_id: str | None = None, name: str = "") -> dict:
         body = {"name": name} | ({"user_id": user_id} if user_id is not None else {})

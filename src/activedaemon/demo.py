@@ -70,9 +70,12 @@ def run_demo(
 
     gen = TokenGenerator.load(encoder)
     test = load_dataset(
-        "fashion-mnist", size=gen.arch.image_size, channels=gen.arch.channels, limit_train=0,
+        "fashion-mnist",
+        size=gen.arch.image_size,
+        channels=gen.arch.channels,
+        limit_train=0,
         limit_test=6,
-    ).test.images  # fmt: skip
+    ).test.images
     grid = save_sample_grid(gen, test, out / "samples.png", seed=seed)
     notes = ["Wall time on this machine: " + ", ".join(f"{k} {v}" for k, v in timings.items())]
     write_report(results, out / "report.html", figures=[grid], notes=notes)

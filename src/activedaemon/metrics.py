@@ -1,6 +1,7 @@
-"""Stealthiness metrics of authorized vs clean images (paper Sec. IV-A2c): PSNR, SSIM, ERGAS,
-LPIPS, all from torchmetrics. LPIPS needs ImageNet backbone weights that torchvision downloads;
-where they cannot be had, its value is None with the reason, never a made-up number."""
+"""Stealthiness metrics of authorized vs clean images (paper Sec. IV-A2c). PSNR, SSIM, ERGAS and
+LPIPS, as reported, come from torchmetrics; :func:`ssim_fast` (the SSIM of the encoder's training
+loss, a separable blur) is written here. LPIPS needs ImageNet backbone weights that torchvision
+downloads; where they cannot be had, its value is None with the reason, never a made-up number."""
 
 from __future__ import annotations
 

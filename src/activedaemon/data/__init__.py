@@ -1,4 +1,4 @@
-"""On-disk data sets (and, later, the poisoned data set of Algorithm 2)."""
+"""On-disk image data sets (the poisoned training set of Algorithm 2 is built in protect)."""
 
 from activedaemon.data.datasets import (
     DATASETS,

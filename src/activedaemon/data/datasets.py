@@ -8,10 +8,12 @@ missing data set raises :class:`DatasetNotFoundError` naming the command or flag
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import pickle
+import shlex
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +72,8 @@ class DatasetSource:
     is_present: Callable[[Path], bool]  # does this folder hold it?
     read: Callable[[Path, str], RawSplit]  # (folder, "train" | "test") -> raw split
     class_names: Callable[[Path], list[str]]
-    download: Callable[[Path], None] | None = None  # torchvision download into a root
+    download: TorchvisionDownload | None = None  # torchvision download into a root
     offline_hint: str = ""  # how to get it without a network
-    files: tuple[str, ...] = field(default=())  # for `datasets`: files whose size is reported
 
 
 DATASETS: dict[str, DatasetSource] = {}
@@ -176,14 +177,30 @@ def _gtsrb_read(folder: Path, split: str) -> RawSplit:
     )
 
 
-def _torchvision_download(cls_name: str, splits: tuple[dict, ...]) -> Callable[[Path], None]:
-    def download(root: Path) -> None:
+@dataclass(frozen=True)
+class TorchvisionDownload:
+    """Fetch a data set into a root with torchvision's downloader, one call per split."""
+
+    cls_name: str  # the class in torchvision.datasets
+    splits: tuple[dict, ...]  # keyword arguments of each call
+
+    def __call__(self, root: Path) -> None:
         import torchvision.datasets as tvd
 
-        for kwargs in splits:
-            getattr(tvd, cls_name)(root, download=True, **kwargs)
+        for kwargs in self.splits:
+            getattr(tvd, self.cls_name)(root, download=True, **kwargs)
 
-    return download
+    def command(self, root: Path) -> str:
+        """The shell command that does what calling this does."""
+        # Strings as JSON: double-quoted Python literals, so the single-quoted shell word is clean.
+        lit = lambda v: json.dumps(v) if isinstance(v, str) else repr(v)  # noqa: E731
+        calls = "; ".join(
+            f"d.{self.cls_name}({lit(str(root))}, "
+            + "".join(f"{k}={lit(v)}, " for k, v in kwargs.items())
+            + "download=True)"
+            for kwargs in self.splits
+        )
+        return "python -c " + shlex.quote(f"import torchvision.datasets as d; {calls}")
 
 
 FASHION_CLASSES = [
@@ -207,7 +224,7 @@ register_dataset(
         is_present=_idx_present,
         read=_idx_reader,
         class_names=lambda _: list(FASHION_CLASSES),
-        download=_torchvision_download("FashionMNIST", TRAIN_TEST),
+        download=TorchvisionDownload("FashionMNIST", TRAIN_TEST),
         offline_hint="apt-get install -y dataset-fashion-mnist",
     )
 )
@@ -219,7 +236,7 @@ register_dataset(
         is_present=_idx_present,
         read=_idx_reader,
         class_names=lambda _: [str(d) for d in range(10)],
-        download=_torchvision_download("MNIST", TRAIN_TEST),
+        download=TorchvisionDownload("MNIST", TRAIN_TEST),
     )
 )
 _CIFAR10_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -235,7 +252,7 @@ register_dataset(
             if (f / "batches.meta").is_file()
             else list(CIFAR10_CLASSES)
         ),
-        download=_torchvision_download("CIFAR10", TRAIN_TEST),
+        download=TorchvisionDownload("CIFAR10", TRAIN_TEST),
     )
 )
 _CIFAR100_FILES = {"train": ["train"], "test": ["test"]}
@@ -251,7 +268,7 @@ register_dataset(
             if (f / "meta").is_file()
             else [str(i) for i in range(100)]
         ),
-        download=_torchvision_download("CIFAR100", TRAIN_TEST),
+        download=TorchvisionDownload("CIFAR100", TRAIN_TEST),
     )
 )
 register_dataset(
@@ -262,7 +279,7 @@ register_dataset(
         is_present=lambda f: all((f / f"{s}_32x32.mat").is_file() for s in ("train", "test")),
         read=_svhn_read,
         class_names=lambda _: [str(d) for d in range(10)],
-        download=_torchvision_download("SVHN", ({"split": "train"}, {"split": "test"})),
+        download=TorchvisionDownload("SVHN", ({"split": "train"}, {"split": "test"})),
     )
 )
 register_dataset(
@@ -277,10 +294,14 @@ register_dataset(
         ),
         read=_gtsrb_read,
         class_names=lambda _: [str(i) for i in range(43)],
-        download=_torchvision_download("GTSRB", ({"split": "train"}, {"split": "test"})),
+        download=TorchvisionDownload("GTSRB", ({"split": "train"}, {"split": "test"})),
     )
 )
 DEFAULT_SIZES = {"gtsrb": 32}
+SIZE_ADVICE = (
+    "pass size=N (the commands take the size from the encoder or the preset: "
+    "--set image_size=N on protect, train-clean and train-encoder)"
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,7 +397,7 @@ def _to_split(
     if isinstance(raw.images, list):
         shapes = {im.shape[:2] for im in raw.images[:n]}
         if len(shapes) > 1 and size is None:
-            raise ValueError(f"images have {len(shapes)} different sizes: pass size= (--size N)")
+            raise ValueError(f"images have {len(shapes)} different sizes: {SIZE_ADVICE}")
         # Resize one by one (sizes differ), then stack.
         parts = [_resize(_to_chw_float(im[None]), size) for im in raw.images[:n]]
         images = torch.cat(parts) if parts else torch.zeros(0, 3, size or 1, size or 1)
@@ -413,10 +434,11 @@ def _not_found_message(name: str, looked: list[Path], root: Path) -> str:
     if source.offline_hint:
         fixes.append(f"install it: {source.offline_hint}")
     fixes.append(f"put torchvision's files for it under --data-root DIR (now {root})")
-    if source.download:
-        fixes.append("or pass --download when online (torchvision fetches it into --data-root)")
     where = ", ".join(str(p) for p in looked)
-    return f"{name} not found (looked in: {where}). To fix: " + "; ".join(fixes) + "."
+    message = f"{name} not found (looked in: {where}). To fix: " + "; ".join(fixes) + "."
+    if source.download:
+        message += f" When online, torchvision fetches it: {source.download.command(root)}"
+    return message
 
 
 def load_dataset(
@@ -457,7 +479,7 @@ def load_dataset(
     if test.images.shape[1:] != train.images.shape[1:]:
         raise ValueError(
             f"train images are {tuple(train.images.shape[1:])} but test images are "
-            f"{tuple(test.images.shape[1:])}: pass size= (--size N)"
+            f"{tuple(test.images.shape[1:])}: {SIZE_ADVICE}"
         )
     return ImageDataset(name, train, test, len(classes), list(classes), Path(folder))
 

@@ -73,8 +73,10 @@ class PatchScheme(Scheme):
 
 @register_scheme("mlock")
 class MLock(PatchScheme):
-    """M-LOCK (Ren et al., TDSC 2022): a solid square patch of ``size`` pixels (at 32 px; scaled
-    with the image) and ``colour`` (RGB in [0, 1]) at a fixed corner or a random place."""
+    """M-LOCK (Ren et al., TDSC 2022): a solid ``size`` x ``size`` pixel square of ``colour`` (RGB
+    in [0, 1]), one pixel in from the bottom-right corner, or at a place drawn per image with
+    ``random_place``. ``size`` is in pixels at any image size (not scaled); ``image_size`` and
+    ``channels`` must match the images the patch goes on."""
 
     def __init__(
         self,

@@ -216,8 +216,7 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
             raise
 
     async def _read_uploads(images: list[UploadFile]) -> list[bytes]:
-        if not images:
-            raise ApiError(400, "empty_batch", "send at least one image in the field 'images'")
+        # No images at all never gets here: FastAPI refuses it first (422 empty_batch, above).
         if len(images) > gate.limits.max_images:
             raise ApiError(
                 413, "too_many_images", f"at most {gate.limits.max_images} images a request"

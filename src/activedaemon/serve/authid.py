@@ -107,12 +107,15 @@ class AuthIdScheme:
         return 2.0 ** (self.retry_bits - self.mac_bits)
 
     def describe(self) -> str:
+        binding = (
+            f"{self.hash_bits}-bit image hash (retry {self.retry_bits})"
+            if self.hash_bits
+            else "no image binding"
+        )
         return (
             f"{self.user_bits}-bit user numbers ({self.max_users} users), "
-            f"{self.mac_bits}-bit MAC, "
-            + (f"{self.hash_bits}-bit image hash (retry {self.retry_bits})" if self.hash_bits
-               else "no image binding")
-        )  # fmt: skip
+            f"{self.mac_bits}-bit MAC, {binding}"
+        )
 
     # -- issuing ------------------------------------------------------------------------------
     def _mac(self, key: bytes, number: int, hash_bits: torch.Tensor | None) -> int:

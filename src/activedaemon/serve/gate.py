@@ -82,6 +82,7 @@ class Gatekeeper:
         model: torch.nn.Module,
         registry: Registry,
         class_names: list[str],
+        *,
         limits: Limits | None = None,
         scheme: AuthIdScheme | None = None,
         master: bytes | None = None,
@@ -124,8 +125,9 @@ class Gatekeeper:
             message = self.generator.codec.decode_detailed(bits).message
             number = None if message is None else self.scheme.verify(message, self._master, image)
             numbers.append(number)
-            outcomes.append("undecodable" if message is None else "bad_mac" if number is None
-                            else "unknown")  # fmt: skip
+            outcomes.append(
+                "undecodable" if message is None else "bad_mac" if number is None else "unknown"
+            )
         found = {u.number: u for u in self.registry.users(numbers=[n for n in numbers if n])}
         users = [found.get(n) if n else None for n in numbers]
         return users, outcomes, [u.user_id if u else None for u in users]
@@ -150,8 +152,8 @@ class Gatekeeper:
                 outcomes[i] = "ok" if user.active else "revoked"
         if any(o != "ok" for o in outcomes):
             bad = next(i for i, o in enumerate(outcomes) if o != "ok")
-            audit([(d, o if o != "ok" else "batch_rejected")
-                   for d, o in zip(decoded, outcomes, strict=True)])  # fmt: skip
+            rejected = [o if o != "ok" else "batch_rejected" for o in outcomes]
+            audit(list(zip(decoded, rejected, strict=True)))
             raise ApiError(403, "forbidden", self._reason(bad, users[bad], outcomes[bad]))
         with self._lock, torch.inference_mode():
             probs = torch.softmax(self.model(images), dim=1)
@@ -166,7 +168,7 @@ class Gatekeeper:
                     "probabilities": [round(p, 6) for p in row.tolist()],
                 }
                 for u, y, row in zip(users, labels, probs, strict=True)
-            ]  # fmt: skip
+            ]
         }
 
     def audit_bad_input(self, started: float) -> None:

@@ -36,8 +36,6 @@ from activedaemon.identity import random_user_id, validate_user_id
 log = logging.getLogger(__name__)
 
 ACTIVE, REVOKED = "active", "revoked"
-# Outcomes of one image in a /v1/predict query, as the audit log records them.
-OUTCOMES = ("ok", "undecodable", "unknown", "revoked", "bad_mac", "bad_input", "batch_rejected")
 NAME_MAX = 200
 
 
@@ -65,6 +63,7 @@ class QueryLog(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     user_id: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)
+    # ok, undecodable, unknown, revoked, bad_mac, bad_input or batch_rejected (see serve.gate)
     outcome: Mapped[str] = mapped_column(String(16))
     latency_ms: Mapped[float] = mapped_column(Float)
 
@@ -325,7 +324,3 @@ class Registry:
         with Session(self.engine) as s:
             rows = s.scalars(select(QueryLog).order_by(QueryLog.id.desc()).limit(limit)).all()
             return [AuditRow(_aware(r.time), r.user_id, r.outcome, r.latency_ms) for r in rows]
-
-    def ping(self) -> None:
-        with self.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))

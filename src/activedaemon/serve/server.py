@@ -48,10 +48,13 @@ def build_gatekeeper(
     model, generator = load_protected(model_run, encoder)
     card = model.card
     if card.get("protected") and str(card.get("encoder")) != str(encoder):
-        log.warning("the model was protected with encoder %s, serving with %s", card["encoder"],
-                    encoder)  # fmt: skip
+        log.warning(
+            "the model was protected with encoder %s, serving with %s", card["encoder"], encoder
+        )
     names = card.get("class_names") or [str(i) for i in range(card["num_classes"])]
-    return Gatekeeper(generator, model, Registry(db_url), names, limits, scheme, master)
+    return Gatekeeper(
+        generator, model, Registry(db_url), names, limits=limits, scheme=scheme, master=master
+    )
 
 
 def serve(gate: Gatekeeper, admin_key: str, host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -60,6 +63,6 @@ def serve(gate: Gatekeeper, admin_key: str, host: str = "127.0.0.1", port: int =
 
     from activedaemon.serve.app import create_app
 
-    log.info("serving on http://%s:%d (%s, registry %s)", host, port, gate.describe_ids(),
-             gate.registry.dialect)  # fmt: skip
+    ids, dialect = gate.describe_ids(), gate.registry.dialect
+    log.info("serving on http://%s:%d (%s, registry %s)", host, port, ids, dialect)
     uvicorn.run(create_app(gate, admin_key), host=host, port=port, log_level="info")

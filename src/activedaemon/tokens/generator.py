@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import yaml
 
-from activedaemon.identity import IdentityCodec
+from activedaemon.identity import CODE_BITS, IdentityCodec
 from activedaemon.imageio import round_8bit
 from activedaemon.tokens.networks import ArchConfig, Decoder, Encoder
 
@@ -136,7 +136,7 @@ class TokenGenerator:
             torch.sigmoid(self.decoder(images[i : i + batch_size].to(self.device))).cpu()
             for i in range(0, len(images), batch_size)
         ]
-        return torch.cat(out) if out else torch.zeros(0, 127)
+        return torch.cat(out) if out else torch.zeros(0, CODE_BITS)
 
     def identify(self, images: torch.Tensor) -> list[str | None]:
         """The user id each image carries, or None (clean, damaged or foreign images)."""
