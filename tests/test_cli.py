@@ -59,4 +59,4 @@ def test_datasets_lists_fashion_mnist(capsys, tmp_path):
     code, out, _ = run(capsys, "datasets", "--data-root", str(tmp_path))
     assert code == 0
     assert "fashion-mnist  found" in out
-    assert "cifar10        missing" in out and "--download" in out
+    assert "cifar10        missing" in out and "download=True" in out

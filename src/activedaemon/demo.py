@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from activedaemon.data import load_dataset
 from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.evaluate.report import write_report
 from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
-from activedaemon.runs import write_json
+from activedaemon.runs import run_record, write_json
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.figures import save_sample_grid
 
@@ -26,9 +25,20 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Fashion-MNIST, CPU preset: writes OUT/ encoder/ (if trained), clean/, protected/,
-    results.json, report.html, samples.png. Returns the results."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    results.json, report.html, samples.png, under a run record. Returns the results."""
+    config = {
+        "train_new_encoder": train_new_encoder,
+        "epochs": epochs,
+        "limit_train": limit_train,
+        "limit_test": limit_test,
+    }
+    with run_record(out, "demo", config, seed) as rec:
+        results = _demo(rec.out, train_new_encoder, epochs, limit_train, limit_test, seed, progress)
+        rec.metrics = {k: v for k, v in results.items() if k != "per_user"}
+    return results
+
+
+def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, progress) -> dict:
     timings: dict[str, float] = {}
     started = time.time()
     encoder: str | Path = SHIPPED_ENCODER
@@ -56,8 +66,7 @@ def run_demo(
     t = time.time()
     results = evaluate_protection(
         out / "protected",
-        encoder,
-        out / "clean",
+        clean_run=out / "clean",
         limit_test=limit_test,
         per_user_images=min(1000, limit_test or 1000),
         seed=seed,
@@ -69,13 +78,7 @@ def run_demo(
     write_json(out / "results.json", results)
 
     gen = TokenGenerator.load(encoder)
-    test = load_dataset(
-        "fashion-mnist",
-        size=gen.arch.image_size,
-        channels=gen.arch.channels,
-        limit_train=0,
-        limit_test=6,
-    ).test.images
+    test = cfg.load_data(train=False, limit_test=6).test.images
     grid = save_sample_grid(gen, test, out / "samples.png", seed=seed)
     notes = ["Wall time on this machine: " + ", ".join(f"{k} {v}" for k, v in timings.items())]
     write_report(results, out / "report.html", figures=[grid], notes=notes)

@@ -21,3 +21,7 @@ __all__ = [
     "load_dataset",
     "locate_dataset",
 ]
+
+from activedaemon.registries import import_submodules  # noqa: E402
+
+import_submodules(__name__)  # a new module dropped into this folder registers itself

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from activedaemon.registries import Registry
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_FOLDER_PREFIX = "imagefolder:"
 
@@ -76,16 +78,15 @@ class DatasetSource:
     offline_hint: str = ""  # how to get it without a network
 
 
-DATASETS: dict[str, DatasetSource] = {}
+DATASETS: Registry[DatasetSource] = Registry("data set", ("activedaemon.data",))
 
 
 def register_dataset(source: DatasetSource) -> DatasetSource:
-    DATASETS[source.name] = source
-    return source
+    return DATASETS.register(source.name, source)
 
 
 def list_datasets() -> list[str]:
-    return sorted(DATASETS)
+    return sorted(DATASETS.names())
 
 
 def resolve_data_root(data_root: Path | str | None = None) -> Path:
@@ -422,9 +423,7 @@ def locate_dataset(
 
 def _source(name: str) -> DatasetSource:
     if name not in DATASETS:
-        raise ValueError(
-            f"unknown data set {name!r}; choose one of {list_datasets()} or imagefolder:PATH"
-        )
+        raise ValueError(f"{DATASETS.unknown_message(name)}, or imagefolder:PATH")
     return DATASETS[name]
 
 

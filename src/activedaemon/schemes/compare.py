@@ -10,6 +10,7 @@ scheme changes images, parameters and FLOPs, and the attacks of the suite that a
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import replace
@@ -94,6 +95,15 @@ def measure(
     }
 
 
+def _scheme_options(name: str, cfg: ProtectConfig, options: dict) -> dict:
+    """The run's image size and channels go to schemes that take them (patch layouts)."""
+    from activedaemon.schemes import SCHEMES
+
+    takes = inspect.signature(SCHEMES[name]).parameters
+    shape = {"image_size": cfg.image_size, "channels": cfg.channels}
+    return {**{k: v for k, v in shape.items() if k in takes}, **options}
+
+
 def _train_or_reuse(scheme, cfg: ProtectConfig, options: dict, out: Path, clean_run, progress):
     """Train ``scheme`` under ``out``, or load what an earlier run with the same config and
     options left there (a rerun of compare does not retrain). Returns training seconds."""
@@ -173,7 +183,7 @@ def run_compare(
         }
         contexts = {}
         for name in schemes:
-            options = (scheme_options or {}).get(name, {})
+            options = _scheme_options(name, cfg, (scheme_options or {}).get(name, {}))
             scheme = create_scheme(name, **options)
             seconds = _train_or_reuse(scheme, cfg, options, out / name, clean_run, progress)
             ctx = AttackContext(

@@ -35,22 +35,19 @@ def read_secret(env: str, path: str | Path | None, what: str) -> str:
 
 def build_gatekeeper(
     model_run: str | Path,
-    encoder: str | Path,
+    encoder: str | Path | None,
     db_url: str,
     limits: Limits | None = None,
     scheme: AuthIdScheme | None = None,
     master: bytes | None = None,
 ) -> Gatekeeper:
-    """Load the protected classifier, the token decoder and the registry; check they fit."""
+    """Load the protected classifier, the token decoder (default: the encoder on the model's
+    card; another one is refused) and the registry."""
     from activedaemon.protect.train import load_protected
     from activedaemon.serve.registry import Registry
 
     model, generator = load_protected(model_run, encoder)
     card = model.card
-    if card.get("protected") and str(card.get("encoder")) != str(encoder):
-        log.warning(
-            "the model was protected with encoder %s, serving with %s", card["encoder"], encoder
-        )
     names = card.get("class_names") or [str(i) for i in range(card["num_classes"])]
     return Gatekeeper(
         generator, model, Registry(db_url), names, limits=limits, scheme=scheme, master=master

@@ -11,10 +11,10 @@ import yaml
 
 from activedaemon.identity import CODE_BITS, IdentityCodec
 from activedaemon.imageio import round_8bit
+from activedaemon.runs import CARD_FILE, WEIGHTS_FILE
 from activedaemon.tokens.networks import ArchConfig, Decoder, Encoder
 
-CARD_FILE = "card.yaml"
-WEIGHTS_FILE = "weights.pt"
+CARD_SCHEMA = 1  # of an encoder's card.yaml
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -147,7 +147,7 @@ class TokenGenerator:
         """Write ``weights.pt`` and ``card.yaml`` (architecture + extra fields) into ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.card.update(card_fields)
+        self.card = {"kind": "encoder", "schema": CARD_SCHEMA, **self.card, **card_fields}
         self.card["arch"] = self.arch.to_dict()
         state = {"encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict()}
         torch.save(state, path / (WEIGHTS_FILE + ".tmp"))
