@@ -47,7 +47,7 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1 else f"{value:.2f}"
 
 
-def _image(path: Path) -> str:
+def embedded_image(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}" width="100%">'
 
@@ -86,7 +86,7 @@ Model <code>{html.escape(str(results.get("model")))}</code>, encoder
 <h2>Per user (Table VIII analogue)</h2>
 <table><tr><th>user id</th><th>alphabet</th><th>A_ad</th><th>A_dec</th></tr>{users}</table>
 <h2>Figures</h2>
-{"".join(f"<h3>{html.escape(p.stem)}</h3>{_image(p)}" for p in figures if p.is_file())}
+{"".join(f"<h3>{html.escape(p.stem)}</h3>{embedded_image(p)}" for p in figures if p.is_file())}
 </body></html>
 """
     out.write_text(body)
@@ -122,7 +122,7 @@ def write_attack_report(results: dict, out: str | Path) -> Path:
             f"</td><td>{r['seconds']}</td></tr>"
         )
         notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in r["notes"])
-        images = "".join(_image(Path(p)) for p in r["figures"] if Path(p).is_file())
+        images = "".join(embedded_image(Path(p)) for p in r["figures"] if Path(p).is_file())
         sections.append(
             f"<h3>{html.escape(name)}</h3><p class='note'><b>Threat model:</b> "
             f"{html.escape(r['threat_model'])}</p>{notes}{_table(r.get('table'))}{images}"

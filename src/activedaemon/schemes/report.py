@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from activedaemon.attacks.figures import save_image_rows  # noqa: E402
-from activedaemon.evaluate.report import STYLE, _image  # noqa: E402
+from activedaemon.evaluate.report import STYLE, embedded_image  # noqa: E402
 
 COLUMNS = (
     "scheme", "key_in", "A_or", "A_ad", "A_ud", "A_od", "A_pd", "A_fk", "psnr", "ssim", "ergas",
@@ -122,7 +122,7 @@ def write_compare_outputs(results: dict, contexts: dict, out: Path) -> dict[str,
             f"<li><b>{html.escape(name)}</b>: skipped attacks: "
             f"{html.escape(skipped)}. {html.escape(extra)}</li>"
         )
-    figures = "".join(_image(p) for p in (samples, pruning) if p is not None)
+    figures = "".join(embedded_image(p) for p in (samples, pruning) if p is not None)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Compared schemes</title>
 <style>{STYLE}</style></head><body><h1>Compared schemes ({html.escape(results["dataset"])})</h1>
 <p class="note">seed {results["seed"]}, commit {html.escape(results["commit"])}, preset
