@@ -97,7 +97,9 @@ def test_projection_and_universal_perturbation_stay_in_budget(ctx):
     delta = project(torch.randn(1, 3, 32, 32), 0.1, 1.0)
     assert delta.abs().max() <= 0.1 + 1e-7 and delta.norm() <= 1.0 + 1e-5
     x, y = ctx.data.train.images[:128], ctx.data.train.labels[:128]
-    found = universal_perturbation(ctx.model, x, y, 0.05, 0.5, 5, 0.01, 32, 0, False)
+    found = universal_perturbation(
+        ctx.model, x, y, linf=0.05, l2=0.5, steps=5, lr=0.01, batch=32, seed=0
+    )
     assert found.abs().max() <= 0.05 + 1e-6 and found.norm() <= 0.5 + 1e-5
 
 

@@ -135,7 +135,9 @@ def _best_probes(models: list[nn.Module], *args) -> dict[tuple[str, int], float]
 def _best_fit(ctx: AttackContext, start: nn.Module, x, y, epochs: int, lrs) -> float:
     """Clean test accuracy (%) after training a copy of ``start`` on (x, y), best over ``lrs``."""
     return max(
-        ctx.acc(ctx.test_x, model=fit(copy.deepcopy(start), x, y, epochs, lr, ctx.seed))
+        ctx.acc(
+            ctx.test_x, model=fit(copy.deepcopy(start), x, y, epochs=epochs, lr=lr, seed=ctx.seed)
+        )
         for lr in lrs
     )
 
@@ -216,10 +218,8 @@ def dormancy(
                 got, base = thief[name, pool], alt[name, pool]
                 metrics[key], metrics[f"random_{key}"] = got, base
                 gains[key] = got - base
-                table.append(
-                    _row(f"linear probe, pool {pool}x{pool}", p, short[name], got,
-                         "random weights", base)
-                )  # fmt: skip
+                thief_name = f"linear probe, pool {pool}x{pool}"
+                table.append(_row(thief_name, p, short[name], got, "random weights", base))
         series[f"stolen, {p:g} % labels"] = [thief[n, pools[0]] for n in names]
         series[f"random weights, {p:g} % labels"] = [alt[n, pools[0]] for n in names]
         # Fine-tuning vs scratch, same data, epochs and steps; each side its best learning rate.

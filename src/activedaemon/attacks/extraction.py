@@ -38,9 +38,15 @@ def extraction(
     ):
         answers = _labels_from(oracle, queries_x)
         substitute = fit(
-            fresh_like(ctx.model), queries_x, answers, epochs, 0.05, ctx.seed,
-            progress=ctx.progress, desc=f"copycat ({case})",
-        )  # fmt: skip
+            fresh_like(ctx.model),
+            queries_x,
+            answers,
+            epochs=epochs,
+            lr=0.05,
+            seed=ctx.seed,
+            progress=ctx.progress,
+            desc=f"copycat ({case})",
+        )
         metrics[f"substitute_{case}_clean"] = accuracy(substitute, ctx.test_x, ctx.test_y)
         metrics[f"substitute_{case}_authorized"] = accuracy(substitute, ctx.authorized, ctx.test_y)
     a_ud = ctx.baseline["A_ud"]

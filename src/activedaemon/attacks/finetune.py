@@ -30,10 +30,26 @@ def finetune(
     a_ad, a_ud, scratch = [], [], []
     for p in percents:
         x, y = attacker_data(ctx, max(2, int(len(ctx.data.train) * p / 100)))
-        tuned = fit(copy_with_head(ctx.model), x, y, epochs, 0.01, ctx.seed, progress=ctx.progress)
+        tuned = fit(
+            copy_with_head(ctx.model),
+            x,
+            y,
+            epochs=epochs,
+            lr=0.01,
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
         a_ad.append(ctx.acc(ctx.authorized, model=ctx.unlock(tuned)))
         a_ud.append(ctx.acc(ctx.test_x, model=tuned))
-        base = fit(fresh_like(ctx.model), x, y, epochs, 0.05, ctx.seed, progress=ctx.progress)
+        base = fit(
+            fresh_like(ctx.model),
+            x,
+            y,
+            epochs=epochs,
+            lr=0.05,
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
         scratch.append(ctx.acc(ctx.test_x, model=base))
         metrics.update(
             {f"A_ad_p{p:g}": a_ad[-1], f"A_ud_p{p:g}": a_ud[-1], f"scratch_p{p:g}": scratch[-1]}
@@ -98,8 +114,8 @@ def transfer(
     (x, y), (tx, ty) = (
         (s if isinstance(s, tuple) else (s.images, s.labels)) for s in (train, test)
     )
-    tuned = fit(copy_with_head(ctx.model, classes), x, y, epochs, 0.01, ctx.seed)
-    scratch = fit(fresh_like(ctx.model, classes), x, y, epochs, 0.05, ctx.seed)
+    tuned = fit(copy_with_head(ctx.model, classes), x, y, epochs=epochs, lr=0.01, seed=ctx.seed)
+    scratch = fit(fresh_like(ctx.model, classes), x, y, epochs=epochs, lr=0.05, seed=ctx.seed)
     authorized = ctx.encoder.embed(tx, ctx.user_ids[: len(ty)])
     metrics = {
         "transfer_A_ad": accuracy(tuned, authorized, ty),

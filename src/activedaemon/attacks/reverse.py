@@ -18,7 +18,17 @@ def attacker_data(ctx: AttackContext, n: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def universal_perturbation(
-    model, x, y, linf: float, l2: float, steps: int, lr: float, batch: int, seed: int, progress
+    model,
+    x,
+    y,
+    *,
+    linf: float,
+    l2: float,
+    steps: int,
+    lr: float,
+    batch: int,
+    seed: int,
+    progress: bool = False,
 ) -> torch.Tensor:
     """One additive perturbation, within (linf, l2), that maximises the accuracy of ``model`` on
     (x, y): Adam on the cross-entropy to the true labels, projected after each step."""
@@ -85,9 +95,17 @@ def reverse(
     uap_acc, deltas = [], {}
     for scale in scales:
         delta = universal_perturbation(
-            ctx.model, x, y, scale * budget["linf"], scale * budget["l2"], steps,
-            lr=budget["linf"] / 10, batch=128, seed=ctx.seed, progress=ctx.progress,
-        )  # fmt: skip
+            ctx.model,
+            x,
+            y,
+            linf=scale * budget["linf"],
+            l2=scale * budget["l2"],
+            steps=steps,
+            lr=budget["linf"] / 10,
+            batch=128,
+            seed=ctx.seed,
+            progress=ctx.progress,
+        )
         deltas[scale] = delta
         uap_acc.append(ctx.acc(ctx.test_x + delta))
     mask, pattern = neural_cleanse(ctx.model, x, y, steps, nc_lambda, 128, ctx.seed, ctx.progress)

@@ -16,6 +16,7 @@ def fit(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
+    *,
     epochs: int,
     lr: float,
     seed: int,

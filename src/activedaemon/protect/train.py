@@ -131,18 +131,18 @@ def _device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainingSet:
     """What the loop trains on: 8-bit images, their trained-on labels, and for protected runs
     the true labels and sample kinds; the validation split (clean and authorized)."""
 
     images: torch.Tensor
     labels: torch.Tensor
-    true_labels: torch.Tensor | None
-    kinds: torch.Tensor | None
+    true_labels: torch.Tensor | None = None
+    kinds: torch.Tensor | None = None
     val_images: torch.Tensor
     val_labels: torch.Tensor
-    val_authorized: torch.Tensor | None
+    val_authorized: torch.Tensor | None = None
     num_classes: int
     class_names: list[str]
     info: dict[str, Any]
@@ -161,9 +161,14 @@ def build_training_set(cfg: ProtectConfig, token_maker: TokenMaker | None = None
     info: dict[str, Any] = {"train_images": len(images), "val_images": n_val}
     if not cfg.protected:
         return TrainingSet(
-            to_uint8(images), labels, None, None, val_images, val_labels, None,
-            data.num_classes, data.class_names, info,
-        )  # fmt: skip
+            images=to_uint8(images),
+            labels=labels,
+            val_images=val_images,
+            val_labels=val_labels,
+            num_classes=data.num_classes,
+            class_names=data.class_names,
+            info=info,
+        )
     maker = token_maker or TokenGenerator.load(cfg.encoder).embed
     poisoned, cache_hit = build_poisoned_set(
         images, labels, data.num_classes, token_maker or cfg.encoder, cfg.poison, cfg.cache_dir
@@ -178,10 +183,17 @@ def build_training_set(cfg: ProtectConfig, token_maker: TokenMaker | None = None
         cache_hit=cache_hit,
     )
     return TrainingSet(
-        poisoned.images, poisoned.labels, poisoned.true_labels, poisoned.kinds, val_images,
-        val_labels, maker(val_images, _val_ids(n_val, cfg.seed)), data.num_classes,
-        data.class_names, info,
-    )  # fmt: skip
+        images=poisoned.images,
+        labels=poisoned.labels,
+        true_labels=poisoned.true_labels,
+        kinds=poisoned.kinds,
+        val_images=val_images,
+        val_labels=val_labels,
+        val_authorized=maker(val_images, _val_ids(n_val, cfg.seed)),
+        num_classes=data.num_classes,
+        class_names=data.class_names,
+        info=info,
+    )
 
 
 def _check_encoder(cfg: ProtectConfig) -> None:
@@ -309,9 +321,11 @@ def _train_loop(
                     memory_format=torch.channels_last
                 )
                 batch = TrainBatch(
-                    None, data.labels[idx].to(device), rows(data.true_labels, idx),
-                    rows(data.kinds, idx),
-                )  # fmt: skip
+                    logits=None,
+                    labels=data.labels[idx].to(device),
+                    true_labels=rows(data.true_labels, idx),
+                    kinds=rows(data.kinds, idx),
+                )
                 for piece in pieces:
                     x = piece.perturb(x, batch)
                 with torch.autocast(device.type, enabled=use_amp):
