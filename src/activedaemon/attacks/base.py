@@ -39,6 +39,7 @@ NEEDS = {
     "encoder": "ActiveDaemon's token encoder (user-specific tokens made on the image)",
     "decoder": "ActiveDaemon's token decoder (reads the user id back)",
     "input_key": "a key carried by the input (a token or patch on the image)",
+    "attacker_data": "images of the task's training split (the attacker's own data)",
 }
 
 
@@ -106,8 +107,8 @@ class AttackContext:
     authorized images) replaces ``encoder.embed``, and ``unlock`` (model -> the model its key
     opens; identity for ActiveDaemon) turns any copy of the model into the one an authorized
     user queries, for schemes whose key lives in the weights. ``capabilities`` says what the
-    context offers attacks (``NEEDS``): encoder and decoder where there is an encoder, and
-    input_key unless ``key_in`` is "weights"."""
+    context offers attacks (``NEEDS``): encoder and decoder where there is an encoder,
+    input_key unless ``key_in`` is "weights", attacker_data where the train split has images."""
 
     def __init__(
         self,
@@ -136,6 +137,7 @@ class AttackContext:
         self.capabilities = frozenset(
             ({"encoder", "decoder"} if encoder is not None else set())
             | ({"input_key"} if key_in == "input" else set())
+            | ({"attacker_data"} if len(data.train) else set())
         )
 
     @property

@@ -142,7 +142,7 @@ def _best_fit(ctx: AttackContext, start: nn.Module, x, y, epochs: int, lrs) -> f
     )
 
 
-@register_attack("dormancy")
+@register_attack("dormancy", needs={"attacker_data"})
 def dormancy(
     ctx: AttackContext,
     percents: tuple[float, ...] | None = None,

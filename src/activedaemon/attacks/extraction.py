@@ -15,7 +15,7 @@ def _labels_from(model, images: torch.Tensor) -> torch.Tensor:
         return torch.cat([model(x).argmax(1) for x in images.split(512)])
 
 
-@register_attack("extraction")
+@register_attack("extraction", needs={"attacker_data"})
 def extraction(
     ctx: AttackContext, queries: int | None = None, epochs: int | None = None
 ) -> AttackResult:

@@ -13,7 +13,7 @@ from activedaemon.data.datasets import DatasetNotFoundError
 from activedaemon.metrics import accuracy
 
 
-@register_attack("finetune")
+@register_attack("finetune", needs={"attacker_data"})
 def finetune(
     ctx: AttackContext, percents: tuple[float, ...] | None = None, epochs: int | None = None
 ) -> AttackResult:

@@ -67,7 +67,7 @@ def neural_cleanse(model, x, y, steps: int, lam: float, batch: int, seed: int, p
     return torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach()
 
 
-@register_attack("reverse", needs={"decoder"})
+@register_attack("reverse", needs={"decoder", "attacker_data"})
 def reverse(
     ctx: AttackContext,
     steps: int | None = None,

@@ -44,7 +44,7 @@ def fit_surrogate(clean, residual, steps: int, seed: int) -> SurrogateGenerator:
     return model.eval()
 
 
-@register_attack("stolen", needs={"encoder"})
+@register_attack("stolen", needs={"encoder", "attacker_data"})
 def stolen(
     ctx: AttackContext, counts: tuple[int, ...] | None = None, steps: int | None = None
 ) -> AttackResult:
