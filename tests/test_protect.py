@@ -134,7 +134,7 @@ def test_toy_protect_and_evaluate(toy_runs, tiny_encoder):
 def test_cli_evaluate_writes_results_json(toy_runs, tiny_encoder, tmp_path, capsys):
     protected, clean = toy_runs
     out = tmp_path / "results.json"
-    argv = ["evaluate", "--model", str(protected), "--clean", str(clean), "--limit", "100",
+    argv = ["evaluate", "--model", str(protected), "--clean", str(clean), "--limit-test", "100",
             "--encoder", str(tiny_encoder[1]), "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     results = json.loads(out.read_text())

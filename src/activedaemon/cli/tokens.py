@@ -141,6 +141,7 @@ def print_token_report(metrics: dict) -> None:
 def cmd_train_encoder(args: argparse.Namespace) -> int:
     import json
 
+    check_dataset(args.dataset)  # before the slower imports; --set dataset= is checked below
     from activedaemon.tokens.train import PRESETS, EncoderTrainConfig, train_encoder
 
     check_names("encoder preset", [args.preset], list(PRESETS))

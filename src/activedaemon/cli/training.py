@@ -188,10 +188,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # Every run's config is checked before the first trains (as run_sweep will build them).
     base = {**load_preset(args.preset), **overrides}
     protect_config({**base, "protected": False})
-    from activedaemon.evaluate.sweep import GAMMA_VALUES, STRATEGY_VALUES, run_sweep
-
-    for value in values or (STRATEGY_VALUES if args.kind == "strategy" else GAMMA_VALUES):
+    for value in values or []:  # the default values are the sweep's own
         protect_config({**base, "poison": {**base.get("poison", {}), args.kind: value}})
+    from activedaemon.evaluate.sweep import run_sweep
+
     path = run_sweep(args.kind, args.out, values, args.preset, overrides, progress=not args.quiet)
     print(path.read_text())
     print(f"written to {path} and {path.with_suffix('.png')}")
