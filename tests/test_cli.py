@@ -167,3 +167,27 @@ def test_unknown_names_fail_before_any_work(capsys, tmp_path, argv, message):
     assert list(tmp_path.iterdir()) == []  # no run folder
     if "unknown" in message:
         assert "choose from:" in err
+
+
+def test_building_every_parser_imports_nothing_heavy():
+    """The command modules import the library only when a command runs, so that `--help` stays
+    fast. (activedaemon/__init__.py imports the library itself, so it is stubbed out here.)"""
+    from pathlib import Path
+
+    import activedaemon.cli
+
+    code = """if True:
+        import sys, types
+        pkg = types.ModuleType("activedaemon")
+        pkg.__path__, pkg.__version__ = [sys.argv[1]], "0"
+        sys.modules["activedaemon"] = pkg
+        from activedaemon.cli import build_parser
+        build_parser().format_help()
+        heavy = ("torch", "torchvision", "numpy", "yaml", "matplotlib", "fastapi", "httpx")
+        print([m for m in heavy if m in sys.modules])
+    """
+    package = str(Path(activedaemon.cli.__file__).parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", code, package], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
