@@ -1,6 +1,8 @@
+import json
 import random
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -23,7 +25,14 @@ def test_console_script_help():
     assert "datasets" in result.stdout and "id" in result.stdout
 
 
-@pytest.mark.parametrize("argv", [["datasets"], ["id"], ["id", "encode"], ["id", "decode"]])
+COMMANDS = [
+    ["datasets"], ["id"], ["id", "encode"], ["id", "decode"], ["train-encoder"], ["eval-tokens"],
+    ["token"], ["identify"], ["protect"], ["train-clean"], ["evaluate"], ["demo"], ["sweep"],
+    ["attack"], ["compare"], ["serve"], ["query"], ["users"], ["users", "add"], ["users", "show"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("argv", COMMANDS)
 def test_every_subcommand_has_help(capsys, argv):
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args([*argv, "--help"])
@@ -60,3 +69,125 @@ def test_datasets_lists_fashion_mnist(capsys, tmp_path):
     assert code == 0
     assert "fashion-mnist  found" in out
     assert "cifar10        missing" in out and "download=True" in out
+
+
+def test_datasets_json_to_stdout_or_a_file(capsys, tmp_path):
+    code, out, _ = run(capsys, "datasets", "--data-root", str(tmp_path), "--json", "-")
+    rows = json.loads(out)  # '-': only the JSON on stdout
+    assert code == 0 and any(r["name"] == "fashion-mnist" and r["found"] for r in rows)
+    path = tmp_path / "out" / "datasets.json"
+    code, out, _ = run(capsys, "datasets", "--data-root", str(tmp_path), "--json", str(path))
+    assert code == 0 and "fashion-mnist  found" in out and f"written to {path}" in out
+    assert json.loads(path.read_text()) == rows
+
+
+USER = "SRJu2W7V"
+
+
+@pytest.mark.parametrize(
+    "argv, dest, value",
+    [
+        (["token", "a.png", "--encoder", "E", "--out", "o", "--user", USER], "user", USER),
+        (["token", "a.png", "--encoder", "E", "--out", "o", "--user-id", USER], "user", USER),
+        (["query", "a.png", "--encoder", "E", "--user", USER], "user", USER),
+        (["users", "add", "--user", USER], "user", USER),
+        (["users", "add", "--id", USER], "user", USER),
+        (["evaluate", "--model", "m", "--limit-test", "50"], "limit_test", 50),
+        (["evaluate", "--model", "m", "--limit", "50"], "limit_test", 50),
+        (["eval-tokens", "--encoder", "E", "--limit-test", "50"], "limit_test", 50),
+        (["eval-tokens", "--encoder", "E", "--limit", "50"], "limit_test", 50),
+        (["attack", "gaussian", "--limit-test", "50"], "limit_test", 50),
+        (["datasets", "--json", "-"], "json", "-"),
+        (["eval-tokens", "--encoder", "E", "--json", "r.json"], "json", "r.json"),
+        (["attack", "gaussian", "--json", "r.json"], "json", "r.json"),
+        (["query", "a.png", "--encoder", "E", "--json", "-"], "json", "-"),
+        (["users", "list", "--json", "r.json"], "json", "r.json"),
+        (["users", "show", USER, "--json", "-"], "json", "-"),
+    ],
+)
+def test_renamed_flags_and_their_old_spellings_parse(argv, dest, value):
+    assert getattr(build_parser().parse_args(argv), dest) == value
+
+
+@pytest.mark.parametrize(
+    "argv, old",
+    [(["token"], "--user-id"), (["users", "add"], "--id "), (["evaluate"], "--limit ")],
+)
+def test_help_shows_only_the_new_spelling(capsys, argv, old):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*argv, "--help"])
+    assert old not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["protect", "--out", "{out}", "--epochs", "0"],
+        ["protect", "--out", "{out}", "--gamma", "1"],
+        ["evaluate", "--model", "m", "--limit-test", "-5"],
+        ["datasets", "--json"],  # --json takes a PATH ('-' for stdout)
+    ],
+)
+def test_bad_numbers_fail_at_parse_time(capsys, tmp_path, argv):
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(out=tmp_path / "run") for a in argv])
+    assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["attack", "nope", "--model", "{tmp}/model", "--out", "{out}"], "unknown attack 'nope'"),
+        (["attack", "pruning", "--attack-param", "pruning.nope=1", "--model", "{tmp}/model"],
+         "no parameter 'nope'"),
+        (["attack", "gaussian", "--attack-param", "nope.steps=1", "--model", "{tmp}/model"],
+         "unknown attack 'nope'"),
+        (["protect", "--preset", "nope", "--out", "{out}"], "no preset or config file 'nope'"),
+        (["sweep", "gamma", "--preset", "nope", "--out", "{out}"], "no preset or config file"),
+        (["compare", "--schemes", "activedaemon,nope", "--out", "{out}"], "unknown scheme 'nope'"),
+        (["compare", "--attacks", "pruning,nope", "--out", "{out}"], "unknown attack 'nope'"),
+        (["protect", "--strategy", "nope", "--out", "{out}"], "unknown strategy 'nope'"),
+        (["sweep", "strategy", "--values", "single,nope", "--out", "{out}"], "unknown strategy"),
+        (["train-clean", "--arch", "nope", "--out", "{out}"], "unknown architecture 'nope'"),
+        (["protect", "--dataset", "nope", "--out", "{out}"], "unknown data set 'nope'"),
+        (["protect", "--set", "dataset=nope", "--out", "{out}"], "unknown data set 'nope'"),
+        (["protect", "--set", "poison.nope=1", "--out", "{out}"], "nope"),
+        (["token", "a.png", "--encoder", "E", "--user", "short", "--out", "{out}"], "--user"),
+    ],
+)  # fmt: skip
+def test_unknown_names_fail_before_any_work(capsys, tmp_path, argv, message):
+    """Exit 2 with the valid names, in well under a second: nothing trains, loads or writes."""
+    argv = [a.format(out=tmp_path / "run", tmp=tmp_path) for a in argv]
+    started = time.perf_counter()
+    code, out, err = run(capsys, *argv)
+    assert time.perf_counter() - started < 1.0
+    assert code == 2 and out == ""
+    assert err.startswith("activedaemon: error:") and message in err
+    assert list(tmp_path.iterdir()) == []  # no run folder
+    if "unknown" in message:
+        assert "choose from:" in err
+
+
+def test_building_every_parser_imports_nothing_heavy():
+    """The command modules import the library only when a command runs, so that `--help` stays
+    fast. (activedaemon/__init__.py imports the library itself, so it is stubbed out here.)"""
+    from pathlib import Path
+
+    import activedaemon.cli
+
+    code = """if True:
+        import sys, types
+        pkg = types.ModuleType("activedaemon")
+        pkg.__path__, pkg.__version__ = [sys.argv[1]], "0"
+        sys.modules["activedaemon"] = pkg
+        from activedaemon.cli import build_parser
+        build_parser().format_help()
+        heavy = ("torch", "torchvision", "numpy", "yaml", "matplotlib", "fastapi", "httpx")
+        print([m for m in heavy if m in sys.modules])
+    """
+    package = str(Path(activedaemon.cli.__file__).parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", code, package], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -135,15 +135,38 @@ def test_toy_protect_and_evaluate(toy_runs, tiny_encoder):
 def test_cli_evaluate_writes_results_json(toy_runs, tiny_encoder, tmp_path, capsys):
     protected, clean = toy_runs
     out = tmp_path / "results.json"
-    argv = ["evaluate", "--model", str(protected), "--clean", str(clean), "--limit", "100",
-            "--encoder", str(tiny_encoder[1]), "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
+    # No --encoder: the card's own (the tiny encoder the toy model was protected with).
+    argv = ["evaluate", "--model", str(protected), "--clean", str(clean), "--limit-test", "100"]
+    assert main([*argv, "--out", str(out)]) == 0
     results = json.loads(out.read_text())
+    assert results["encoder"] == str(tiny_encoder[1])
+    record = json.loads((tmp_path / "results.run.json").read_text())
+    assert record["kind"] == "evaluate" and record["status"] == "done" and record["argv"]
     numbers = [k for k in RESULT_KEYS if k != "lpips"]
     assert all(isinstance(results[k], float) for k in numbers)
     assert results["A_pd"] == pytest.approx(results["A_ad"] - results["A_ud"])
     assert results["A_od"] == pytest.approx(results["A_ad"] - results["A_or"])
     assert "A_pd" in capsys.readouterr().out
+
+
+def test_an_encoder_other_than_the_cards_is_refused_unless_forced(toy_runs, tmp_path, capsys):
+    protected, _ = toy_runs
+    card = load_classifier(protected).card
+    assert (card["kind"], card["schema"]) == ("classifier", 1)
+    assert card["normalization"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    assert len(card["encoder_sha256"]) == 64
+    argv = ["evaluate", "--model", str(protected), "--limit-test", "50", "--encoder"]
+    out = ["--out", str(tmp_path / "r.json")]
+    assert main([*argv, "fashion-mnist-32", *out]) == 2
+    assert "was protected with encoder" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+    assert main([*argv, "fashion-mnist-32", "--force-encoder", *out]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["encoder"] == "fashion-mnist-32"
+
+
+def test_the_run_seed_reaches_the_poisoned_split():
+    assert ProtectConfig.from_dict({"seed": 7}).poison.seed == 7
+    assert ProtectConfig.from_dict({"seed": 7, "poison": {"seed": 3}}).poison.seed == 3
 
 
 def test_presets_build_valid_configs(tmp_path):

@@ -1,6 +1,7 @@
 """The real server (uvicorn in a subprocess, SQLite registry): kill -9 while users are being added,
 restart, and every user that got a 2xx is there. Then the owner and user CLIs against it."""
 
+import json
 import os
 import signal
 import socket
@@ -83,9 +84,15 @@ def test_kill_9_keeps_every_acknowledged_user(tiny_protected, tmp_path, monkeypa
 
         # The CLIs against the live server: owner adds and revokes, user queries.
         monkeypatch.setenv("ACTIVEDAEMON_ADMIN_KEY", ADMIN_KEY)
-        assert main(["users", "add", "--id", "cliuser1", "--name", "Cli", "--url", url]) == 0
+        assert main(["users", "add", "--user", "cliuser1", "--name", "Cli", "--url", url]) == 0
         assert main(["users", "list", "--url", url]) == 0
         assert "cliuser1\tactive" in capsys.readouterr().out
+        shown = tmp_path / "shown.json"  # --json PATH: also written to PATH; '-': only the JSON
+        assert main(["users", "show", "cliuser1", "--url", url, "--json", str(shown)]) == 0
+        assert json.loads(shown.read_text())["user_id"] == "cliuser1"
+        capsys.readouterr()
+        assert main(["users", "list", "--url", url, "--json", "-"]) == 0
+        assert "cliuser1" in {u["user_id"] for u in json.loads(capsys.readouterr().out)}
         data = load_dataset("fashion-mnist", size=32, channels=3, limit_train=0, limit_test=2)
         paths = [
             str(write_png(img, tmp_path / f"q{i}.png")) for i, img in enumerate(data.test.images)
@@ -103,6 +110,8 @@ def test_kill_9_keeps_every_acknowledged_user(tiny_protected, tmp_path, monkeypa
         assert main(query) == 0
         out = capsys.readouterr().out.splitlines()
         assert [line.split("\t")[0] for line in out] == paths
+        assert main([*query, "--json", "-"]) == 0
+        assert len(json.loads(capsys.readouterr().out)) == len(paths)
         assert main(["users", "revoke", "cliuser1", "--url", url]) == 0
         assert main(query) == 1  # denied, with the reason on stderr
         assert "revoked" in capsys.readouterr().err

@@ -157,7 +157,7 @@ def test_bad_inputs(trained, test_images, tmp_path):
 def test_cli_token_then_identify(trained, test_images, tmp_path, capsys):
     _, out = trained
     clean = [write_png(im, tmp_path / "clean" / f"{i}.png") for i, im in enumerate(test_images[:4])]
-    assert main(["token", *map(str, clean), "--encoder", str(out), "--user-id", "SRJu2W7V",
+    assert main(["token", *map(str, clean), "--encoder", str(out), "--user", "SRJu2W7V",
                  "--out", str(tmp_path / "auth")]) == 0  # fmt: skip
     authorized = sorted((tmp_path / "auth").glob("*.png"))
     assert len(authorized) == 4
@@ -186,7 +186,7 @@ def test_shipped_encoder_decodes_unseen_ids(capsys, tmp_path):
     gen = TokenGenerator.load("fashion-mnist-32")
     assert (gen.arch.image_size, gen.arch.channels) == (32, 3)
     report = tmp_path / "report.json"
-    assert main(["eval-tokens", "--encoder", "fashion-mnist-32", "--limit", "300",
+    assert main(["eval-tokens", "--encoder", "fashion-mnist-32", "--limit-test", "300",
                  "--seed", "7", "--json", str(report)]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "PSNR" in out and report.is_file()

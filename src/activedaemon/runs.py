@@ -68,12 +68,14 @@ def environment() -> dict[str, Any]:
     }
 
 
-def start_run(out: Path | str, kind: str, config: dict[str, Any], seed: int | None) -> Path:
+def start_run(
+    out: Path | str, kind: str, config: dict[str, Any], seed: int | None, prefix: str = ""
+) -> Path:
     """Create the run folder and write ``config.yaml`` and a first ``run.json`` (status
-    ``running``). Prefer ``run_record``, which also marks the end."""
+    ``running``), their names after ``prefix``. Prefer ``run_record``, which marks the end."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=False))
+    (out / f"{prefix}config.yaml").write_text(yaml.safe_dump(_plain(config), sort_keys=False))
     record = {
         "schema": RECORD_SCHEMA,
         "kind": kind,
@@ -84,7 +86,7 @@ def start_run(out: Path | str, kind: str, config: dict[str, Any], seed: int | No
         "environment": environment(),
         "status": "running",
     }
-    write_json(out / "run.json", record)
+    write_json(out / f"{prefix}run.json", record)
     return out
 
 
@@ -111,30 +113,31 @@ class RunRecord:
 
 @contextmanager
 def run_record(
-    out: Path | str, kind: str, config: Any, seed: int | None = None
+    out: Path | str, kind: str, config: Any, seed: int | None = None, prefix: str = ""
 ) -> Iterator[RunRecord]:
     """Every command that writes results runs inside one: ``config.yaml`` and ``run.json``
     (kind, config, argv, seed, commit, package versions) are written first with status
     ``running``; the block's end marks ``done`` with the metrics, an exception ``failed`` with
-    the error (and re-raises it)."""
-    record = RunRecord(start_run(out, kind, config, seed))
+    the error (and re-raises it). ``prefix`` names the files of a record that shares its
+    folder with another run (``results.`` -> results.run.json beside results.json)."""
+    record = RunRecord(start_run(out, kind, config, seed, prefix))
     try:
         yield record
     except BaseException as e:
-        _mark_failed(record.out, e)
+        _mark_failed(record.out / f"{prefix}run.json", e)
         raise
-    finish_run(record.out, record.metrics, **record.extra)
+    finish_run(record.out, record.metrics, prefix=prefix, **record.extra)
 
 
-def _mark_failed(out: Path, error: BaseException) -> None:
-    record = json.loads((out / "run.json").read_text())
+def _mark_failed(path: Path, error: BaseException) -> None:
+    record = json.loads(path.read_text())
     record.update(
         status="failed",
         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         error=f"{type(error).__name__}: {error}",
         traceback=traceback.format_exception(error)[-5:],
     )
-    write_json(out / "run.json", record)
+    write_json(path, record)
 
 
 def finished_run(out: Path | str, config: Any) -> bool:
@@ -148,14 +151,16 @@ def finished_run(out: Path | str, config: Any) -> bool:
     return record.get("status") == "done" and saved == _plain(config)
 
 
-def finish_run(out: Path | str, metrics: dict[str, Any], **extra: Any) -> None:
-    """Add the metrics (also written alone to ``metrics.json``) and mark the run done."""
+def finish_run(out: Path | str, metrics: dict[str, Any], prefix: str = "", **extra: Any) -> None:
+    """Add the metrics (also written alone to ``metrics.json`` for a run folder's own record)
+    and mark the run done."""
     out = Path(out)
-    record = json.loads((out / "run.json").read_text())
+    record = json.loads((out / f"{prefix}run.json").read_text())
     record.update(extra, status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     record["metrics"] = metrics
-    write_json(out / "run.json", record)
-    write_json(out / "metrics.json", metrics)
+    write_json(out / f"{prefix}run.json", record)
+    if not prefix:
+        write_json(out / "metrics.json", metrics)
 
 
 def config_from_dict(cls: type, values: dict, nested: dict[str, type], what: str):

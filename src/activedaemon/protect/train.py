@@ -148,9 +148,12 @@ class TrainingSet:
     info: dict[str, Any]
 
 
-def build_training_set(cfg: ProtectConfig, token_maker: TokenMaker | None = None) -> TrainingSet:
+def build_training_set(
+    cfg: ProtectConfig, token_maker: TokenMaker | None = None, val_maker: TokenMaker | None = None
+) -> TrainingSet:
     """Load the data, hold out the validation split (to choose the epoch; never the test set)
-    and, for protected runs, build the poisoned set of Algorithm 2."""
+    and, for protected runs, build the poisoned set of Algorithm 2 (tokens by ``token_maker``,
+    default the config's encoder; the validation split's by ``val_maker``, default the same)."""
     data = cfg.load_data()
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(data.train), generator=gen)
@@ -169,7 +172,7 @@ def build_training_set(cfg: ProtectConfig, token_maker: TokenMaker | None = None
             class_names=data.class_names,
             info=info,
         )
-    maker = token_maker or TokenGenerator.load(cfg.encoder).embed
+    maker = val_maker or token_maker or TokenGenerator.load(cfg.encoder).embed
     poisoned, cache_hit = build_poisoned_set(
         images, labels, data.num_classes, token_maker or cfg.encoder, cfg.poison, cfg.cache_dir
     )
@@ -196,13 +199,15 @@ def build_training_set(cfg: ProtectConfig, token_maker: TokenMaker | None = None
     )
 
 
-def _check_encoder(cfg: ProtectConfig) -> None:
+def _load_encoder(cfg: ProtectConfig) -> TokenGenerator:
+    """The config's encoder, checked to work at the config's image size and channels."""
     tokens = TokenGenerator.load(cfg.encoder)
     if (tokens.arch.image_size, tokens.arch.channels) != (cfg.image_size, cfg.channels):
         raise ValueError(
             f"encoder {cfg.encoder} works on {tokens.arch.channels}x{tokens.arch.image_size}px "
             f"images; set image_size={tokens.arch.image_size} channels={tokens.arch.channels}"
         )
+    return tokens
 
 
 def train_classifier(
@@ -217,11 +222,11 @@ def train_classifier(
     authorized images (a compared scheme's visible patch, activedaemon.schemes);
     ``extra_pieces`` make pieces (from the PieceEnv) added to the configured ones, protected or
     not (a compared scheme's loss hook)."""
-    if cfg.protected and token_maker is None:
-        _check_encoder(cfg)
+    # Loaded before seeding: building its networks draws from the global RNG.
+    tokens = _load_encoder(cfg) if cfg.protected and token_maker is None else None
     rank, world = _distributed()
     seed_everything(cfg.seed)
-    data = build_training_set(cfg, token_maker)
+    data = build_training_set(cfg, token_maker, val_maker=tokens.embed if tokens else None)
     kind = "protect" if cfg.protected else "train-clean"
     encoder = cfg.encoder if cfg.protected and not token_maker else None
     record = run_record(out, kind, cfg, cfg.seed) if rank == 0 else contextlib.nullcontext()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from activedaemon.protect.train import load_classifier
-from activedaemon.runs import finish_run, start_run
+from activedaemon.runs import run_record
 from activedaemon.schemes.base import Scheme, clone, register_scheme
 
 R, BURN_IN = 3.99, 1000
@@ -95,17 +95,16 @@ class ChaoW(Scheme):
     def train(self, cfg, out, clean_run=None, progress=False) -> Path:
         if clean_run is None:
             raise ValueError("chaow locks a trained model: pass clean_run")
-        out = start_run(out, "scheme-chaow", {"clean_run": str(clean_run), "r": R}, cfg.seed)
-        model = load_classifier(clean_run)
-        locked = lock(model, self.key)
-        torch.save(locked.state_dict(), out / LOCKED_FILE)
-        changed = sum(
-            (a != b).sum().item()
-            for (_, a), (_, b) in zip(_layers_weights(model), _layers_weights(locked), strict=True)
-        )
-        finish_run(out, {"weights_moved": changed, "clean_run": str(clean_run)})
+        config = {"clean_run": str(clean_run), "r": R}
+        with run_record(out, "scheme-chaow", config, cfg.seed) as rec:
+            model = load_classifier(clean_run)
+            locked = lock(model, self.key)
+            torch.save(locked.state_dict(), rec.out / LOCKED_FILE)
+            pairs = zip(_layers_weights(model), _layers_weights(locked), strict=True)
+            changed = sum((a != b).sum().item() for (_, a), (_, b) in pairs)
+            rec.metrics = {"weights_moved": changed, "clean_run": str(clean_run)}
         self.locked, self.model = locked.eval(), model.eval()
-        return out
+        return rec.out
 
     def load(self, run) -> ChaoW:
         run = Path(run)

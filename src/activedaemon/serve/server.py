@@ -37,16 +37,18 @@ def build_gatekeeper(
     model_run: str | Path,
     encoder: str | Path | None,
     db_url: str,
+    *,
     limits: Limits | None = None,
     scheme: AuthIdScheme | None = None,
     master: bytes | None = None,
+    force_encoder: bool = False,
 ) -> Gatekeeper:
     """Load the protected classifier, the token decoder (default: the encoder on the model's
     card; another one is refused) and the registry."""
     from activedaemon.protect.train import load_protected
     from activedaemon.serve.registry import Registry
 
-    model, generator = load_protected(model_run, encoder)
+    model, generator = load_protected(model_run, encoder, force=force_encoder)
     card = model.card
     names = card.get("class_names") or [str(i) for i in range(card["num_classes"])]
     return Gatekeeper(
