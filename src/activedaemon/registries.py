@@ -95,4 +95,4 @@ class Registry(Generic[T]):
         self._load()
         close = difflib.get_close_matches(str(name), self._entries, n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        return f"unknown {self.kind} {name!r}{hint}; {self.kind}s: {', '.join(self._entries)}"
+        return f"unknown {self.kind} {name!r}{hint}; choose from: {', '.join(self._entries)}"
