@@ -60,9 +60,10 @@ positive_float = _number(float, lambda v: v > 0, "a positive number")
 fraction = _number(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1")
 
 
-def preset_names() -> list[str]:
-    """The protection presets shipped in activedaemon/configs (a glob: no imports)."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+def preset_names(folder: Path = CONFIG_DIR) -> list[str]:
+    """The presets shipped in activedaemon/configs (protection) or configs/encoders (a glob:
+    no imports)."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
 def add_preset(p: argparse.ArgumentParser, default: str = "cpu-small") -> None:

@@ -218,7 +218,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from activedaemon.schemes.compare import (
         COLUMNS,
         DEFAULT_ATTACKS,
-        DEFAULT_SCHEMES,
         compare_config,
         run_compare,
     )
@@ -232,7 +231,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = run_compare(
         args.out,
-        schemes or DEFAULT_SCHEMES,
+        schemes,
         dataset=args.dataset,
         preset=args.preset,
         fast=args.fast,

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from activedaemon.cli.common import (
+    CONFIG_DIR,
     add_command,
     add_data_flags,
     add_encoder,
@@ -23,6 +24,7 @@ from activedaemon.cli.common import (
     json_only,
     parse_overrides,
     positive_int,
+    preset_names,
 )
 
 
@@ -34,15 +36,16 @@ def add_parsers(sub) -> None:
         description="Train the token generator (paper Algorithm 1) and write a run folder that is "
         "also a loadable encoder: config.yaml, run.json (seed, commit, metrics), card.yaml, "
         "weights.pt, train_log.json, samples.png. The default preset, cpu, trains on "
-        "Fashion-MNIST at 32x32x3 in about 6 minutes on 2 cores; the others are those of "
-        "activedaemon.tokens.train.PRESETS (an unknown --preset lists them). Any option of "
-        "EncoderTrainConfig can be set with --set KEY=VALUE.",
+        "Fashion-MNIST at 32x32x3 in about 6 minutes on 2 cores; the presets are the YAML files "
+        "of activedaemon/configs/encoders. Any option of EncoderTrainConfig can be set with "
+        "--set KEY=VALUE.",
     )
     add_out(p, "run folder to write", required=True)
     p.add_argument(
         "--preset",
         default="cpu",
-        help="encoder training preset (default cpu; an unknown name lists them)",
+        help="encoder training preset: "
+        f"{', '.join(preset_names(CONFIG_DIR / 'encoders'))} (default cpu)",
     )
     add_data_flags(
         p,

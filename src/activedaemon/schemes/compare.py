@@ -30,9 +30,8 @@ from activedaemon.schemes.report import COLUMNS, write_compare_outputs
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SCHEMES = ("activedaemon", "mlock", "adip", "passport", "chaow")
 DEFAULT_ATTACKS = ("pruning", "gaussian", "finetune", "extraction")
-__all__ = ["COLUMNS", "DEFAULT_ATTACKS", "DEFAULT_SCHEMES", "measure", "run_compare"]
+__all__ = ["COLUMNS", "DEFAULT_ATTACKS", "measure", "run_compare"]
 
 
 def compare_config(
@@ -125,7 +124,7 @@ def _train_or_reuse(scheme, cfg: ProtectConfig, options: dict, out: Path, clean_
 
 def run_compare(
     out: str | Path,
-    schemes: list[str] | tuple[str, ...] = DEFAULT_SCHEMES,
+    schemes: list[str] | tuple[str, ...] | None = None,
     *,
     dataset: str = "fashion-mnist",
     preset: str = "cpu-small",
@@ -138,13 +137,15 @@ def run_compare(
     attack_params: dict[str, dict] | None = None,
     progress: bool = False,
 ) -> dict:
-    """Train the clean baseline and every scheme under ``out`` (reusing finished runs of an
-    earlier call with the same settings), measure them, and write compare.json, compare.csv,
-    report.html, samples.png and pruning.png. Returns the results."""
+    """Train the clean baseline and every scheme (default: every registered one) under ``out``
+    (reusing finished runs of an earlier call with the same settings), measure them, and write
+    compare.json, compare.csv, report.html, samples.png and pruning.png. Returns the
+    results."""
     from activedaemon.attacks import ATTACKS
     from activedaemon.schemes import SCHEMES
 
-    SCHEMES.check(list(schemes))
+    schemes = list(schemes or SCHEMES.names())
+    SCHEMES.check(schemes)
     ATTACKS.check(list(attacks))
     cfg = compare_config(dataset, preset, fast, seed, overrides)
     limit_test = cfg.limit_test if fast else limit_test
