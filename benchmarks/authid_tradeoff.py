@@ -11,15 +11,13 @@ another image passes, and the per-try forgery probability 2^(retry - MAC bits).
 from __future__ import annotations
 
 import argparse
-import io
 import random
 
 import numpy as np
 import torch
-from PIL import Image
 
 from activedaemon.data import load_dataset
-from activedaemon.imageio import to_uint8
+from activedaemon.imageio import jpeg_round_trip
 from activedaemon.serve.authid import AuthIdScheme, user_key
 from activedaemon.tokens import TokenGenerator
 
@@ -34,15 +32,7 @@ LAYOUTS = [
 
 
 def jpeg(images: torch.Tensor, quality: int | None) -> torch.Tensor:
-    if quality is None:
-        return images
-    out = []
-    for img in to_uint8(images).permute(0, 2, 3, 1).numpy():
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, format="JPEG", quality=quality)
-        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-        out.append(torch.from_numpy(back.copy()).permute(2, 0, 1).float() / 255)
-    return torch.stack(out)
+    return images if quality is None else jpeg_round_trip(images, quality)
 
 
 def main() -> None:

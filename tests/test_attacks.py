@@ -13,8 +13,8 @@ from activedaemon.attacks.reverse import universal_perturbation
 from activedaemon.attacks.stolen import fit_surrogate
 from activedaemon.attacks.suite import load_context
 from activedaemon.attacks.training import copy_with_head
-from activedaemon.attacks.transit import jpeg
 from activedaemon.cli import main
+from activedaemon.imageio import jpeg_round_trip as jpeg
 from activedaemon.metrics import gaussian_fake_tokens
 from activedaemon.protect import ProtectConfig, train_classifier
 from activedaemon.protect.adversarial import AdversarialConfig, UniversalNegatives, project

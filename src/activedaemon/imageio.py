@@ -20,6 +20,21 @@ def round_8bit(images: torch.Tensor) -> torch.Tensor:
     return (images.clamp(0, 1) * 255).round() / 255
 
 
+def jpeg_round_trip(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """Each (C, H, W) image in [0, 1] through a real JPEG encode / decode (Pillow) at
+    ``quality``, as an upload or a messenger would; returns [0, 1] floats on the same device."""
+    out = []
+    for img in to_uint8(images.detach()).cpu():
+        mode = "L" if img.shape[0] == 1 else "RGB"
+        buf = io.BytesIO()
+        Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy(), mode).save(
+            buf, "JPEG", quality=quality
+        )
+        arr = torch.from_numpy(np.array(Image.open(buf).convert(mode)))
+        out.append(arr.view(img.shape[1], img.shape[2], -1).permute(2, 0, 1))
+    return (torch.stack(out).float() / 255).to(images.device, images.dtype)
+
+
 def read_image(
     source: str | Path | bytes, channels: int, size: int | None = None, resize: bool = False
 ) -> torch.Tensor:

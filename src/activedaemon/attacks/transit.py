@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torchvision.transforms.functional import gaussian_blur
 
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack
-from activedaemon.imageio import to_uint8
-
-
-def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
-    """Each image through a real JPEG encode / decode (Pillow) at ``quality``."""
-    out = []
-    for img in to_uint8(images):
-        mode = "L" if img.shape[0] == 1 else "RGB"
-        buf = io.BytesIO()
-        Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy(), mode).save(
-            buf, "JPEG", quality=quality
-        )
-        arr = torch.from_numpy(np.array(Image.open(buf).convert(mode)))
-        out.append(arr.view(img.shape[1], img.shape[2], -1).permute(2, 0, 1))
-    return torch.stack(out).float() / 255
+from activedaemon.imageio import jpeg_round_trip
 
 
 def resize_round_trip(images: torch.Tensor, scale: float) -> torch.Tensor:
@@ -40,7 +23,7 @@ def transforms(seed: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     table = {"none": lambda x: x}
     for q in (95, 90, 75, 50):
-        table[f"jpeg q{q}"] = lambda x, q=q: jpeg(x, q)
+        table[f"jpeg q{q}"] = lambda x, q=q: jpeg_round_trip(x, q)
     for s in (0.75, 0.5):
         table[f"resize x{s:g} and back"] = lambda x, s=s: resize_round_trip(x, s)
     for sigma in (0.5, 1.0):

@@ -66,6 +66,14 @@ def add_parsers(sub) -> None:
         "lists them",
     )
     p.add_argument("--gamma", type=fraction, help="fraction of authorized samples (default 0.2)")
+    p.add_argument(
+        "--from",
+        dest="init_from",
+        metavar="RUN|FILE|torchvision:NAME",
+        help="start from a classifier the owner already has: a run folder (train-clean / "
+        "protect), a state dict or TorchScript file of --arch, or torchvision's pretrained "
+        "weights (sets --arch torchvision:NAME)",
+    )
     p.set_defaults(func=cmd_train_classifier, protected=True)
 
     p = add_command(
@@ -123,7 +131,10 @@ def training_config(args: argparse.Namespace, protected: bool):
 
     values = load_preset(args.preset)
     names = ("dataset", "data_root", "arch", "width", "epochs", "batch_size", "lr", "seed")
-    values.update(given_flags(args, (*names, "limit_train", "encoder")))
+    values.update(given_flags(args, (*names, "limit_train", "encoder", "init_from")))
+    source = values.get("init_from") or ""
+    if source.startswith("torchvision:") and getattr(args, "arch", None) is None:
+        values["arch"] = source  # pretrained torchvision weights bring their architecture
     values["poison"] = {**values.get("poison", {}), **given_flags(args, ("gamma", "strategy"))}
     overrides = parse_overrides(args.set)
     poison = overrides.pop("poison", {})

@@ -27,10 +27,11 @@ from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
 from activedaemon.metrics import accuracy
 from activedaemon.protect.adversarial import token_budget
-from activedaemon.protect.models import CLASSIFIERS, build_classifier, normalization
+from activedaemon.protect.models import CLASSIFIERS, Normalized, build_classifier
 from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece, piece_config
 from activedaemon.protect.poison import AUTHORIZED, PoisonConfig, TokenMaker, build_poisoned_set
+from activedaemon.protect.start import load_start
 from activedaemon.runs import (
     CARD_FILE,
     WEIGHTS_FILE,
@@ -66,6 +67,9 @@ class ProtectConfig(DataConfig):
     # names a piece (``dormancy: {weight: 1}``) lands here.
     pieces: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
+    # Start from a trained classifier (protect.start): a run folder, a weights file, or
+    # torchvision:NAME (pretrained); None = fresh weights.
+    init_from: str | None = None
     seed: int = 0
 
     @classmethod
@@ -86,6 +90,12 @@ class ProtectConfig(DataConfig):
         self.validate_data()
         if not self.arch.startswith("torchvision:"):
             CLASSIFIERS.check(self.arch)
+        if (
+            self.init_from
+            and self.init_from.startswith("torchvision:")
+            and (self.arch != self.init_from)
+        ):
+            raise ValueError(f"init_from {self.init_from} needs arch {self.init_from}")
         OBJECTIVES.check(self.objective)
         if self.schedule not in ("onecycle", "multistep"):
             raise ValueError("schedule must be 'onecycle' or 'multistep'")
@@ -216,12 +226,14 @@ def train_classifier(
     progress: bool = True,
     token_maker: TokenMaker | None = None,
     extra_pieces: list[Callable[[PieceEnv], TrainingPiece]] | None = None,
+    model: torch.nn.Module | None = None,
 ) -> Path | None:
     """Train (protected or clean) and write the run folder; returns its path (None on DDP ranks
     other than 0, which write nothing). ``token_maker`` replaces the encoder as the maker of
     authorized images (a compared scheme's visible patch, activedaemon.schemes);
     ``extra_pieces`` make pieces (from the PieceEnv) added to the configured ones, protected or
-    not (a compared scheme's loss hook)."""
+    not (a compared scheme's loss hook). ``model`` (any module taking [0, 1] images) is trained
+    in place of a fresh ``cfg.arch`` (the Python ``protect``)."""
     # Loaded before seeding: building its networks draws from the global RNG.
     tokens = _load_encoder(cfg) if cfg.protected and token_maker is None else None
     rank, world = _distributed()
@@ -231,23 +243,26 @@ def train_classifier(
     encoder = cfg.encoder if cfg.protected and not token_maker else None
     record = run_record(out, kind, cfg, cfg.seed) if rank == 0 else contextlib.nullcontext()
     with record as rec:
-        history, summary = _train_loop(cfg, data, out, progress, rank, world, extra_pieces or [])
+        history, summary = _train_loop(
+            cfg, data, out, progress, rank, world, extra_pieces or [], model
+        )
         if rank == 0:
             card = {
                 "kind": "classifier",
                 "schema": CARD_SCHEMA,
-                "arch": cfg.arch,
+                "arch": cfg.arch if model is None else f"module:{type(model).__qualname__}",
                 "width": cfg.width,
                 "num_classes": data.num_classes,
                 "class_names": data.class_names,
                 "image_size": cfg.image_size,
                 "channels": cfg.channels,
-                "normalization": normalization(cfg.channels),
+                "normalization": summary.pop("normalization"),
                 "dataset": cfg.dataset,
                 "protected": cfg.protected,
                 "encoder": encoder,
                 "encoder_sha256": encoder_fingerprint(encoder) if encoder else None,
                 "chosen_epoch": summary["chosen_epoch"],
+                **summary.pop("start"),
             }
             (Path(out) / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
             rec.metrics = {**data.info, "world_size": world, **summary, "history": history}
@@ -275,12 +290,15 @@ def _train_loop(
     rank: int,
     world: int,
     extra_pieces: list[Callable[[PieceEnv], TrainingPiece]],
+    model: torch.nn.Module | None = None,
 ) -> tuple[list[dict], dict]:
     """The plain loop: objective + pieces, one epoch at a time; keeps the epoch with the best
     validation score (authorized minus clean accuracy; clean accuracy for clean runs)."""
     device = _device(rank)
-    model = build_classifier(cfg.arch, data.num_classes, cfg.channels, cfg.width).to(device)
-    model = model.to(memory_format=torch.channels_last)
+    if model is None:
+        model = build_classifier(cfg.arch, data.num_classes, cfg.channels, cfg.width)
+    start = load_start(model, cfg.init_from) if cfg.init_from else {}
+    model = model.to(device).to(memory_format=torch.channels_last)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.SGD(
         model.parameters(),
@@ -382,11 +400,42 @@ def _train_loop(
     if world > 1:
         dist.barrier()
     summary = {
+        "start": start,
+        "normalization": _normalization_of(model),
         "chosen_epoch": best["epoch"] if best else None,
         "train_seconds": round(sum(r["seconds"] for r in history), 1),
         "epoch_seconds": [r["seconds"] for r in history],
     }
     return history, summary
+
+
+def _normalization_of(model: torch.nn.Module) -> dict | None:
+    """The mean / std the model applies inside (None for a module that has no such wrapper)."""
+    if isinstance(model, Normalized):
+        return {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()}
+    return None
+
+
+def protect(
+    model: torch.nn.Module,
+    out: str | Path,
+    cfg: ProtectConfig | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> torch.nn.Module:
+    """Lock a classifier the owner already has: ``model`` (any module that takes [0, 1] images
+    of the config's size and returns logits) is trained on the poisoned set of Algorithm 2 and
+    returned with the chosen epoch's weights; the run folder ``out`` holds its record, card and
+    weights (reload them with ``model.load_state_dict``). ``options`` override the config
+    (``protect(net, "runs/p", epochs=2, encoder="fashion-mnist-32")``)."""
+    from dataclasses import asdict
+
+    base = asdict(cfg) if cfg is not None else {}
+    cfg = ProtectConfig.from_dict({**base, **options, "protected": True})
+    run = train_classifier(cfg, out, progress=progress, model=model)
+    if run is not None:
+        model.load_state_dict(torch.load(run / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+    return model.eval()
 
 
 def _val_ids(n: int, seed: int) -> list[str]:
@@ -404,6 +453,11 @@ def load_classifier(run: str | Path, device: str | torch.device = "cpu") -> torc
             "(made by `activedaemon protect` or `activedaemon train-clean`)"
         )
     card = yaml.safe_load((run / CARD_FILE).read_text())
+    if card["arch"].startswith("module:"):
+        raise ValueError(
+            f"{run} holds the weights of a Python module ({card['arch']}): build it and "
+            "load weights.pt with load_state_dict"
+        )
     norm = card.get("normalization") or {}
     model = build_classifier(
         card["arch"],

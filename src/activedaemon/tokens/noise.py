@@ -5,15 +5,12 @@ Its own module (as in VideoSeal) so that training and evaluation can swap or dis
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
-from activedaemon.imageio import round_8bit, to_uint8
+from activedaemon.imageio import jpeg_round_trip, round_8bit
 
 
 def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
@@ -24,16 +21,7 @@ def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
 
 def jpeg_straight_through(images: torch.Tensor, quality: int) -> torch.Tensor:
     """Real JPEG compression (Pillow) in the forward pass, identity gradient backward."""
-    u8 = to_uint8(images.detach()).permute(0, 2, 3, 1).cpu()
-    decoded = []
-    for array in u8.numpy():
-        buffer = io.BytesIO()
-        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(
-            buffer, format="JPEG", quality=quality
-        )
-        decoded.append(np.asarray(Image.open(buffer)).reshape(array.shape))
-    out = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).to(images.device, images.dtype)
-    return images + (out / 255 - images).detach()
+    return images + (jpeg_round_trip(images, quality) - images).detach()
 
 
 @dataclass(frozen=True)
