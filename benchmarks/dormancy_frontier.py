@@ -6,9 +6,11 @@ for each protection lever alone and combined, all measured in one run.
 
 Trains a clean baseline (A_or) and one protected model per setting on the CPU preset (a run folder
 that already holds weights is reused), then per model: evaluate (A_ad, A_ud, A_od, Gaussian and
-moved tokens), the `dormancy` audit (every thief beside its honest alternative), and the `reverse`
-attack with 1,000 steps at 1x the token's budget. Writes OUT/frontier.json (after every setting),
-frontier.csv and frontier.png (A_od against the largest gain of a thief without a token).
+moved tokens), the `transit` attack (A_ad after JPEG and noise), the `dormancy` audit (every thief
+beside its honest alternative), and the `reverse` attack with --reverse-steps (1,000; 0 skips it)
+at 1x the token's budget. Settings that start from the owner's clean model (`from-clean...`) use
+this run's clean baseline. Writes OUT/frontier.json (after every setting), frontier.csv and
+frontier.png (A_od against the largest gain of a thief without a token).
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from activedaemon.protect.train import ProtectConfig, load_preset, train_classif
 from activedaemon.runs import finished_run, git_commit, run_record, write_json
 
 ENCODER = "fashion-mnist-32"
+TRANSIT_KEYS = [
+    f"{what} {t}"
+    for t in ("jpeg q90", "jpeg q75", "noise sigma 0.01")
+    for what in ("A_ad", "decoded")
+]
 UNIFORM = {"objective": "uniform"}
+CLEAN = "<this run's clean baseline>"
 SETTINGS = {
     "paper": {},  # Algorithm 2 as the cpu-small preset has it: single hard target
     "uniform": UNIFORM,
@@ -36,16 +44,25 @@ SETTINGS = {
     "uniform+dormancy-w3": {**UNIFORM, "dormancy": {"weight": 3.0}},
     "uniform+probe-term": {**UNIFORM, "dormancy": {"weight": 1.0, "measure": "probe"}},
     "uniform+adversarial": {**UNIFORM, "adversarial": {"fraction": 0.5}},
+    # Issue 13: authorized users and honest transport.
+    "paper+transit": {"transit": {"fraction": 0.3}},
+    "from-clean": {"init_from": CLEAN},
+    "from-clean+transit": {"init_from": CLEAN, "transit": {"fraction": 0.3}},
+    "from-clean+transit-2ep": {"init_from": CLEAN, "transit": {"fraction": 0.3}, "epochs": 2},
 }
 
 
 def train(name: str, overrides: dict, args: argparse.Namespace, protected: bool = True) -> Path:
     out = args.out / name
-    values = {**load_preset("cpu-small"), **overrides, "seed": args.seed, "protected": protected}
-    values["cache_dir"] = str(args.out / "cache")
+    values = {**load_preset("cpu-small"), "seed": args.seed, "protected": protected}
+    if protected:  # the poisoned set's cache (a clean run has none)
+        values["cache_dir"] = str(args.out / "cache")
     for key in ("epochs", "limit_train"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
+    values.update(overrides)  # a setting's own epochs win
+    if values.get("init_from") == CLEAN:
+        values["init_from"] = str(args.out / "clean")
     cfg = ProtectConfig.from_dict(values)
     if not finished_run(out, cfg):  # reuse: the same setting was trained to the end before
         train_classifier(cfg, out, progress=not args.quiet)
@@ -56,9 +73,10 @@ def measure(name: str, run: Path, clean: Path, args: argparse.Namespace) -> dict
     common = {"limit_test": args.limit_test, "seed": args.seed}
     ev = evaluate_protection(run, ENCODER, clean, per_user_images=100, **common)
     ctx = load_context(run, ENCODER, fast=args.fast, out=args.out / name / "attacks", **common)
+    transit = run_attack("transit", ctx).metrics
     audit = run_attack("dormancy", ctx)
-    steps = 30 if args.fast else 1000
-    reverse = run_attack("reverse", ctx, steps=steps, budget_scales=(1.0,))
+    steps = 30 if args.fast else args.reverse_steps
+    reverse = run_attack("reverse", ctx, steps=steps, budget_scales=(1.0,)) if steps else None
     trained = json.loads((run / "run.json").read_text())
     gains = {k.removeprefix("gain_"): v for k, v in audit.metrics.items() if k.startswith("gain_")}
     worst = max(gains, key=gains.get)
@@ -72,8 +90,9 @@ def measure(name: str, run: Path, clean: Path, args: argparse.Namespace) -> dict
         "max_finetune_gain": max(v for k, v in gains.items() if k.startswith("finetune")),
         "max_gain": gains[worst],
         "max_gain_thief": worst,
-        "universal_x1": reverse.metrics["universal_x1"],
-        "neural_cleanse": reverse.metrics["neural_cleanse"],
+        **{k: transit[k] for k in TRANSIT_KEYS},
+        "universal_x1": reverse.metrics["universal_x1"] if reverse else None,
+        "neural_cleanse": reverse.metrics["neural_cleanse"] if reverse else None,
         "epoch_seconds": trained["metrics"]["epoch_seconds"],
         "audit": audit.to_dict(),
     }
@@ -108,6 +127,7 @@ def main() -> None:
     parser.add_argument("--limit-test", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast", action="store_true", help="attacks in fast mode (smoke test)")
+    parser.add_argument("--reverse-steps", type=int, default=1000, help="0 skips `reverse`")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args()
     names = [s for s in args.settings.split(",") if s]
@@ -127,12 +147,9 @@ def run(names: list[str], args: argparse.Namespace) -> list[dict]:
         rows.append(measure(name, train(name, SETTINGS[name], args), clean, args))
         write_json(saved, {"commit": git_commit(), "seed": args.seed, "rows": rows})
         r = rows[-1]
-        print(
-            f"{name}: A_od {r['A_od']:+.2f}  A_ud {r['A_ud']:.2f}  max gain {r['max_gain']:+.2f} "
-            f"({r['max_gain_thief']})  runner-up {r['runner_up']:.1f}  "
-            f"universal x1 {r['universal_x1']:.1f}",
-            flush=True,
-        )
+        shown = {k: r[k] for k in ("A_od", "A_ud", "max_gain", "runner_up", "universal_x1")}
+        shown.update({k: r[k] for k in TRANSIT_KEYS if k.startswith("A_ad")})
+        print(name, r["max_gain_thief"], json.dumps(shown), flush=True)
     keys = [k for k in rows[0] if k not in ("audit", "overrides", "epoch_seconds")]
     with (args.out / "frontier.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
