@@ -49,6 +49,13 @@ SETTINGS = {
     "from-clean": {"init_from": CLEAN},
     "from-clean+transit": {"init_from": CLEAN, "transit": {"fraction": 0.3}},
     "from-clean+transit-2ep": {"init_from": CLEAN, "transit": {"fraction": 0.3}, "epochs": 2},
+    "from-clean+transit-2ep+pbn": {
+        "init_from": CLEAN,
+        "transit": {"fraction": 0.3},
+        "epochs": 2,
+        "precise_bn_images": 5000,
+    },
+    "paper+transit+pbn": {"transit": {"fraction": 0.3}, "precise_bn_images": 5000},
 }
 
 

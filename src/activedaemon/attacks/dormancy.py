@@ -14,7 +14,7 @@ from torch import nn
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack
 from activedaemon.attacks.reverse import attacker_data
 from activedaemon.attacks.training import fit, fresh_like
-from activedaemon.protect.models import StageTap, stage_names
+from activedaemon.protect.models import StageTap, recalibrate_batchnorm, stage_names
 
 GAIN_LIMIT = 3.0  # points a thief may gain over its honest alternative (issue target)
 
@@ -44,19 +44,6 @@ def stage_features(
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, bs: int = 256) -> nn.Module:
-    """Re-estimate every BatchNorm's running statistics on ``images`` (no labels, no gradient):
-    what a thief does to adapt a network to its own data for free. Changes ``model`` in place."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
-    model.train()
-    for i in range(0, len(images), bs):
-        model(images[i : i + bs])
-    return model.eval()
-
-
 def linear_probe(
     train_f: torch.Tensor,
     train_y: torch.Tensor,

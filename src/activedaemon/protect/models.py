@@ -123,3 +123,25 @@ class StageTap:
         for h in self._hooks:
             h.remove()
         self.outputs.clear()
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: torch.Tensor, bs: int = 256) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics on ``images`` (no labels, no gradient;
+    a cumulative average over the batches, then each layer's momentum as it was): "precise BN"
+    for a trainer whose running averages lag behind fast-moving weights, and what a thief does
+    to adapt a network to its own data for free. Changes ``model`` in place; returns it in eval
+    mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    model.train()
+    device = next(model.parameters()).device
+    for i in range(0, len(images), bs):
+        x = images[i : i + bs].to(device)
+        model(x.float() / 255 if x.dtype == torch.uint8 else x)
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()

@@ -27,7 +27,12 @@ from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
 from activedaemon.metrics import accuracy
 from activedaemon.protect.adversarial import token_budget
-from activedaemon.protect.models import CLASSIFIERS, Normalized, build_classifier
+from activedaemon.protect.models import (
+    CLASSIFIERS,
+    Normalized,
+    build_classifier,
+    recalibrate_batchnorm,
+)
 from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece, piece_config
 from activedaemon.protect.poison import AUTHORIZED, PoisonConfig, TokenMaker, build_poisoned_set
@@ -60,6 +65,9 @@ class ProtectConfig(DataConfig):
     # (eq. (5) L_a - lambda L_u), uniform (unauthorized samples towards 1/K on every class)
     penalty_lambda: float = 1.0
     val_fraction: float = 0.05  # held out of training to choose the epoch (never the test set)
+    # >0: after each epoch, BatchNorm statistics re-estimated on this many training images (in
+    # the training mix) before validation and saving; 0 = the running averages as trained.
+    precise_bn_images: int = 0
     encoder: str = "fashion-mnist-32"
     protected: bool = True
     poison: PoisonConfig = field(default_factory=PoisonConfig)
@@ -378,6 +386,8 @@ def _train_loop(
             }
             for piece in pieces:
                 row.update(piece.epoch_summary())
+            if cfg.precise_bn_images:
+                recalibrate_batchnorm(model, data.images[shard[: cfg.precise_bn_images]])
             row["val_clean_acc"] = round(accuracy(model, data.val_images, data.val_labels), 2)
             if data.val_authorized is not None:
                 auth = accuracy(model, data.val_authorized, data.val_labels)
