@@ -94,3 +94,16 @@ def test_transit_piece_sends_rows_through_jpeg_or_noise_and_keeps_labels():
     assert not TransitPiece.enabled(piece_config("transit", {}))
     with pytest.raises(ValueError, match="jpeg_quality"):
         ProtectConfig.from_dict({"transit": {"jpeg_quality": [95, 75]}})
+
+
+def test_precise_bn_reestimates_statistics_and_keeps_momentum():
+    from activedaemon.protect.models import recalibrate_batchnorm
+
+    model = build_classifier("resnet18", 10, 3, 4)
+    images = (torch.rand(64, 3, 32, 32) * 255).to(torch.uint8)
+    recalibrate_batchnorm(model, images, bs=16)
+    bn = model.net.bn1
+    assert bn.momentum == 0.1 and not model.training
+    with torch.no_grad():  # the first BN's mean is the batch mean of its input, over all images
+        first = model.net.conv1((images.float() / 255 - 0.5) / 0.25)
+    assert torch.allclose(bn.running_mean, first.mean((0, 2, 3)), atol=1e-4)
