@@ -203,13 +203,13 @@ def parse_attack_params(pairs: list[str]) -> dict[str, dict]:
     Unknown attacks and parameters the attack does not take are errors."""
     import inspect
 
-    from activedaemon.attacks import ATTACKS, list_attacks
+    from activedaemon.attacks import ATTACKS
 
     params: dict[str, dict] = {}
     for attack, values in parse_overrides(pairs, "--attack-param").items():
         if not isinstance(values, dict):
             raise ValueError(f"--attack-param expects ATTACK.KEY=VALUE, got {attack}=...")
-        check_names("attack", [attack], list_attacks())
+        ATTACKS.check(attack)
         signature = inspect.signature(ATTACKS[attack])
         takes = [n for n in list(signature.parameters)[1:]]  # the first is the context
         if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
@@ -279,21 +279,6 @@ def check_dataset(name: str | None) -> None:
     raise ValueError(f"{DATASETS.unknown_message(name)}, or {IMAGE_FOLDER_PREFIX}PATH")
 
 
-def check_arch(name: str) -> None:
-    from activedaemon.protect.models import CLASSIFIERS
-
-    prefix = "torchvision:"
-    if name.startswith(prefix):
-        import torchvision.models as tvm
-
-        known = tvm.list_models(module=tvm)
-        if name[len(prefix) :] not in known:
-            raise ValueError(f"torchvision has no classification model {name[len(prefix) :]!r}")
-        return
-    if name not in CLASSIFIERS:
-        raise ValueError(f"{CLASSIFIERS.unknown_message(name)}, or {prefix}NAME")
-
-
 def check_encoder(name: str | None) -> None:
     """A missing encoder is a FileNotFoundError naming the shipped ones (exit 2)."""
     if name is None:
@@ -314,32 +299,15 @@ def check_user_id(user_id: str | None, flag: str = "--user") -> None:
         raise ValueError(f"{flag} {user_id!r}: {e}") from None
 
 
-def check_poison(strategy: str | None, gamma: float | None) -> None:
-    from activedaemon.protect.poison import STRATEGIES
-
-    if strategy is not None:
-        STRATEGIES.check(strategy)
-    if gamma is not None and not 0 < gamma < 1:
-        raise ValueError(f"gamma must be in (0, 1), got {gamma}")
-
-
 def protect_config(values: dict):
-    """ProtectConfig.from_dict(values), with every name in it checked (check_protect_config)."""
+    """ProtectConfig.from_dict(values) (which checks its names and values) and, for a protected
+    model, that its encoder exists."""
     from activedaemon.protect.train import ProtectConfig
 
     try:
         cfg = ProtectConfig.from_dict(values)
     except TypeError as e:  # an unknown key of a nested option (poison, adversarial, ...)
         raise ValueError(f"bad option: {e}") from None
-    check_protect_config(cfg)
-    return cfg
-
-
-def check_protect_config(cfg, encoder: bool = True) -> None:
-    """The names and values ProtectConfig leaves to training time: data set, architecture,
-    label strategy, gamma and (for a protected model, with ``encoder``) the encoder."""
-    check_dataset(cfg.dataset)
-    check_arch(cfg.arch)
-    check_poison(cfg.poison.strategy, cfg.poison.gamma)
-    if cfg.protected and encoder:
+    if cfg.protected:
         check_encoder(cfg.encoder)
+    return cfg

@@ -17,7 +17,6 @@ from activedaemon.cli.common import (
     add_seed,
     add_set,
     check_dataset,
-    check_protect_config,
     emit_json,
     given_flags,
     json_only,
@@ -223,10 +222,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
 
     try:
-        cfg = compare_config(args.dataset, args.preset, args.fast, args.seed, overrides)
+        compare_config(  # builds and checks the config before anything trains
+            args.dataset, args.preset, args.fast, args.seed, overrides
+        )
     except TypeError as e:  # an unknown key of a nested option (poison, adversarial, ...)
         raise ValueError(f"bad option: {e}") from None
-    check_protect_config(cfg, encoder=False)  # the schemes bring their own token makers
     if not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     results = run_compare(

@@ -157,7 +157,6 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     except TypeError as e:  # an unknown key of a nested option (noise)
         raise ValueError(f"bad option: {e}") from None
     cfg.arch()  # checks image_size and channels
-    check_dataset(cfg.dataset)
     train_encoder(cfg, args.out, progress=not args.quiet)
     metrics = json.loads((Path(args.out) / "metrics.json").read_text())
     print_token_report(metrics)

@@ -96,7 +96,12 @@ class ProtectConfig(DataConfig):
 
     def validate(self) -> None:
         self.validate_data()
-        if not self.arch.startswith("torchvision:"):
+        if self.arch.startswith("torchvision:"):
+            import torchvision.models as tvm
+
+            if self.arch.removeprefix("torchvision:") not in tvm.list_models(module=tvm):
+                raise ValueError(f"torchvision has no classification model {self.arch!r}")
+        else:
             CLASSIFIERS.check(self.arch)
         if (
             self.init_from
