@@ -122,7 +122,14 @@ def test_model_changing_attacks_work_on_copies(ctx):
 
 
 def test_transit_identity_and_jpeg_roundtrip(results, ctx):
-    assert results["transit"].metrics["A_ad none"] == ctx.baseline["A_ad"]
+    metrics = results["transit"].metrics
+    assert metrics["A_ad none"] == ctx.baseline["A_ad"]
+    # Every shipped 32x32x3 encoder is shown beside the model's own, on the same images.
+    assert metrics["decoded none via fashion-mnist-32"] >= 99
+    assert (
+        metrics["decoded jpeg q50 via fashion-mnist-32"]
+        < metrics["decoded none via fashion-mnist-32"]
+    )
     x = ctx.test_x[:8]
     assert (jpeg(x, 100) - x).abs().mean() < 0.01
     assert (jpeg(x, 20) - x).abs().mean() > (jpeg(x, 95) - x).abs().mean()

@@ -78,6 +78,38 @@ def test_jpeg_noise_is_real_jpeg_with_straight_through_gradient():
     assert torch.equal(x.grad, torch.ones_like(x))
     noisy = NoiseLayer(NoiseConfig(jpeg_quality=30, p_jpeg=1.0))(x.detach())
     assert noisy.shape == x.shape
+    # A quality range [low, high]: drawn per batch, each draw a real JPEG at one of them.
+    ranged = NoiseLayer(
+        NoiseConfig(
+            jpeg_quality=[30, 31],
+            p_jpeg=1.0,
+            gaussian_sigma=0,
+            brightness=0,
+            contrast=0,
+            shift_px=0,
+        )
+    )
+    torch.manual_seed(0)
+    x8 = quantize_8bit(x.detach())
+    outs = {ranged(x8).sum().item() for _ in range(12)}
+    jpegs = {jpeg_straight_through(x8, q).sum().item() for q in (30, 31)}
+    assert len(outs) == 2 and all(min(abs(o - j) for j in jpegs) < 1.0 for o in outs)
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        NoiseConfig(jpeg_quality=[95, 75])
+
+
+def test_perceptual_mask_bounds_the_residual_on_flat_regions():
+    arch = ArchConfig(base=8, decoder_width=8, max_residual=0.3, mask_floor=0.25)
+    enc = Encoder(arch).eval()
+    flat = torch.full((2, 3, 32, 32), 0.0)
+    textured = torch.rand(2, 3, 32, 32)
+    bits = torch.randint(0, 2, (2, 127)).float()
+    with torch.no_grad():
+        enc.out.weight.mul_(1e3)  # saturate the tanh: the bound is what remains
+        assert enc(flat, bits).abs().max() <= 0.3 * 0.251  # floor (+ the std epsilon)
+        assert enc(textured, bits).abs().max() > 0.3 * 0.25 * 2
+    with pytest.raises(ValueError, match="mask_floor"):
+        ArchConfig(mask_floor=0.0)
 
 
 def test_fast_ssim_matches_torchmetrics():

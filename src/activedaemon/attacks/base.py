@@ -174,12 +174,14 @@ class AttackContext:
         labels = self.test_y if labels is None else labels
         return accuracy(model or self.model, round_8bit(images.clamp(0, 1)), labels)
 
-    def decode_rate(self, images: torch.Tensor, user_ids: list[str] | str | None = None) -> float:
+    def decode_rate(
+        self, images: torch.Tensor, user_ids: list[str] | str | None = None, encoder=None
+    ) -> float:
         """% of ``images`` whose token decodes to its user id (default: the test users; one
-        string for all images)."""
+        string for all images), read by ``encoder`` (default: the context's)."""
         ids = self.user_ids if user_ids is None else user_ids
         ids = [ids] * len(images) if isinstance(ids, str) else ids
-        read = self.encoder.identify(round_8bit(images.clamp(0, 1)))
+        read = (encoder or self.encoder).identify(round_8bit(images.clamp(0, 1)))
         return 100 * sum(r == u for r, u in zip(read, ids, strict=True)) / max(len(ids), 1)
 
     @cached_property

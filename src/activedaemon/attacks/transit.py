@@ -10,6 +10,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack
 from activedaemon.imageio import jpeg_round_trip
+from activedaemon.tokens.generator import TokenGenerator, shipped_encoders
 
 
 def resize_round_trip(images: torch.Tensor, scale: float) -> torch.Tensor:
@@ -38,7 +39,9 @@ def transforms(seed: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
 @register_attack("transit", needs={"decoder"})
 def transit(ctx: AttackContext) -> AttackResult:
     """JPEG (quality 95-50), resize down and back, Gaussian blur and Gaussian noise applied to
-    authorized images; A_ad and the exact-id decode rate after each.
+    authorized images; A_ad and the exact-id decode rate after each. Beside them, the exact-id
+    rate of every shipped encoder made for the same image size and channels (``decoded {t} via
+    NAME``), so that the model's encoder is seen next to the alternatives.
 
     Threat model: no attacker: the channel between user and model (uploads, messengers, photo
     tools) re-encodes images; a token that breaks there locks out honest users.
@@ -51,12 +54,28 @@ def transit(ctx: AttackContext) -> AttackResult:
         decoded.append(ctx.decode_rate(images))
     metrics = {f"A_ad {n}": a for n, a in zip(names, a_ad, strict=True)}
     metrics.update({f"decoded {n}": d for n, d in zip(names, decoded, strict=True)})
+    series = {"A_ad": a_ad, "exact id decoded (%)": decoded}
+    for shipped, gen in _shipped_alternatives(ctx).items():
+        authorized = gen.embed(ctx.test_x, ctx.user_ids)
+        rates = [
+            ctx.decode_rate(fn(authorized), encoder=gen) for fn in transforms(ctx.seed).values()
+        ]
+        metrics.update({f"decoded {n} via {shipped}": r for n, r in zip(names, rates, strict=True)})
+        series[f"exact id decoded via {shipped} (%)"] = rates
     return AttackResult(
         metrics,
-        curve={
-            "x": "transformation",
-            "x_values": names,
-            "series": {"A_ad": a_ad, "exact id decoded (%)": decoded},
-            "categorical": True,
-        },
+        curve={"x": "transformation", "x_values": names, "series": series, "categorical": True},
     )
+
+
+def _shipped_alternatives(ctx: AttackContext) -> dict[str, TokenGenerator]:
+    """The shipped encoders for the context's image size and channels, by name."""
+    if ctx.encoder is None:
+        return {}
+    want = (ctx.encoder.arch.image_size, ctx.encoder.arch.channels)
+    found = {}
+    for name in shipped_encoders():
+        gen = TokenGenerator.load(name)
+        if (gen.arch.image_size, gen.arch.channels) == want:
+            found[name] = gen
+    return found

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from activedaemon.identity import MESSAGE_BITS, random_user_id
-from activedaemon.imageio import round_8bit
+from activedaemon.imageio import jpeg_round_trip, round_8bit
 from activedaemon.metrics import image_quality
 from activedaemon.tokens.generator import TokenGenerator
 
@@ -33,14 +33,19 @@ def _mean_pairwise_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_tokens(
-    gen: TokenGenerator, images: torch.Tensor, seed: int = 0, noise_sigma: float = 0.02
+    gen: TokenGenerator,
+    images: torch.Tensor,
+    seed: int = 0,
+    noise_sigmas: tuple[float, ...] = (0.01, 0.02),
+    jpeg_qualities: tuple[int, ...] = (90, 75),
 ) -> dict:
     """Metrics on ``images`` (test images) with fresh random ids, never seen in training.
 
     - PSNR / SSIM / ERGAS / LPIPS of 8-bit authorized vs clean images;
     - A_dec (% of the 64 message bits the decoder reads right, before BCH), bit accuracy over all
       127 bits, exact-id rate (% whose BCH-decoded id equals the true id), clean and after
-      Gaussian noise of sigma ``noise_sigma`` (clamped and re-rounded to 8 bits);
+      Gaussian noise of each sigma in ``noise_sigmas`` (clamped and re-rounded to 8 bits) and
+      after a real JPEG encode / decode at each quality in ``jpeg_qualities`` (honest transit);
     - clean images: % for which some id is read (should be 0);
     - token distinctness (the paper's *dynamic* tokens): mean cosine similarity of the tokens of
       one id on two different images, and of two ids on one image;
@@ -56,11 +61,16 @@ def evaluate_tokens(
     report.update(image_quality(authorized, images))
     report.update(decoding_metrics(gen, authorized, ids, codewords))
 
-    noise_gen = torch.Generator().manual_seed(seed)
-    noisy = authorized + noise_sigma * torch.randn(authorized.shape, generator=noise_gen)
-    noisy = round_8bit(noisy)
-    for key, value in decoding_metrics(gen, noisy, ids, codewords).items():
-        report[f"{key}_noise{noise_sigma:g}"] = value
+    transported = {}
+    for sigma in noise_sigmas:
+        noise_gen = torch.Generator().manual_seed(seed)
+        noise = sigma * torch.randn(authorized.shape, generator=noise_gen)
+        transported[f"noise{sigma:g}"] = round_8bit(authorized + noise)
+    for quality in jpeg_qualities:
+        transported[f"jpeg{quality}"] = jpeg_round_trip(authorized, quality)
+    for name, received in transported.items():
+        for key, value in decoding_metrics(gen, received, ids, codewords).items():
+            report[f"{key}_{name}"] = value
     report["clean_identified_rate"] = 100 * sum(u is not None for u in gen.identify(images)) / n
 
     # Dynamic tokens: one id on two images, and two ids on one image.

@@ -23,12 +23,23 @@ class ArchConfig:
     secret_channels: int = 8  # channels of the low-resolution secret map
     decoder_width: int = 32
     decoder_hidden: int = 512
+    # Perceptual mask (None = off, the shipped fashion-mnist-32 encoder): the residual is bounded
+    # by max_residual * tanh and scaled per pixel by mask_floor + (1 - mask_floor) * texture,
+    # texture = min(1, local std / mask_ref). Flat regions (FMNIST's black background, where
+    # SSIM punishes any change and clamping eats half the residual) get at most mask_floor of it.
+    max_residual: float | None = None
+    mask_floor: float = 1.0
+    mask_ref: float = 0.1
 
     def __post_init__(self) -> None:
         if self.image_size < 8 or self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 and >= 8, got {self.image_size}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        if not 0 < self.mask_floor <= 1 or self.mask_ref <= 0:
+            raise ValueError("mask_floor must be in (0, 1] and mask_ref > 0")
+        if self.max_residual is not None and self.max_residual <= 0:
+            raise ValueError(f"max_residual must be > 0 or None, got {self.max_residual}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +95,20 @@ class Encoder(nn.Module):
         x2 = self.down1(x1)
         x3 = self.down2(x2)
         y = self.up2(self.up1(x3, x2), x1)
-        return self.out(torch.cat([y, x], dim=1))
+        residual = self.out(torch.cat([y, x], dim=1))
+        if self.cfg.max_residual is not None:
+            residual = self.cfg.max_residual * torch.tanh(residual) * texture_mask(images, self.cfg)
+        return residual
+
+
+def texture_mask(images: torch.Tensor, cfg: ArchConfig) -> torch.Tensor:
+    """(N, 1, H, W) in [mask_floor, 1]: 1 where the 5x5 neighbourhood varies by mask_ref or more."""
+    grey = images.mean(dim=1, keepdim=True)
+    mean = nn.functional.avg_pool2d(grey, 5, 1, 2, count_include_pad=False)
+    sq_mean = nn.functional.avg_pool2d(grey * grey, 5, 1, 2, count_include_pad=False)
+    std = (sq_mean - mean * mean).clamp(min=0).add(1e-8).sqrt()
+    texture = (std / cfg.mask_ref).clamp(max=1.0)
+    return cfg.mask_floor + (1 - cfg.mask_floor) * texture
 
 
 class Decoder(nn.Module):

@@ -31,8 +31,19 @@ class NoiseConfig:
     contrast: float = 0.05  # factor in [1 - c, 1 + c] around the image mean
     shift_px: int = 1  # translation by up to this many pixels (replicate padding)
     p_shift: float = 0.25
-    jpeg_quality: int | None = None  # e.g. 75 to train through real JPEG (slower)
+    # Train through real JPEG (slower): one quality, or [low, high] drawn per batch; None = off.
+    jpeg_quality: int | list[int] | None = None
     p_jpeg: float = 0.5
+
+    def __post_init__(self) -> None:
+        q = self.jpeg_quality
+        low, high = (q, q) if isinstance(q, int) or q is None else q
+        if q is not None and not 1 <= low <= high <= 100:
+            raise ValueError(f"noise.jpeg_quality is a quality or [low, high] in 1..100, got {q}")
+
+    def jpeg_range(self) -> tuple[int, int]:
+        q = self.jpeg_quality
+        return (q, q) if isinstance(q, int) else tuple(q)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,7 +72,8 @@ class NoiseLayer(nn.Module):
         if cfg.shift_px and torch.rand(()) < cfg.p_shift:
             x = _random_shift(x, cfg.shift_px)
         if cfg.jpeg_quality and torch.rand(()) < cfg.p_jpeg:
-            x = jpeg_straight_through(x, cfg.jpeg_quality)
+            low, high = cfg.jpeg_range()
+            x = jpeg_straight_through(x, int(torch.randint(low, high + 1, ())))
         return quantize_8bit(x)
 
 

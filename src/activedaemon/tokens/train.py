@@ -42,6 +42,9 @@ class EncoderTrainConfig(DataConfig):
     secret_channels: int = 8
     decoder_width: int = 32
     decoder_hidden: int = 512
+    max_residual: float | None = None  # perceptual mask (ArchConfig); None = off
+    mask_floor: float = 1.0
+    mask_ref: float = 0.1
     # Loss weights (eq. 4).
     w_bits: float = 1.5
     w_ssim: float = 2.0
@@ -75,6 +78,9 @@ class EncoderTrainConfig(DataConfig):
             secret_channels=self.secret_channels,
             decoder_width=self.decoder_width,
             decoder_hidden=self.decoder_hidden,
+            max_residual=self.max_residual,
+            mask_floor=self.mask_floor,
+            mask_ref=self.mask_ref,
         )
 
 
