@@ -224,7 +224,7 @@ def model_records(run: Path | None) -> dict:
     if run is None:
         return {"run": None, "results": None, "reports": []}
     run = Path(run)
-    results_path = next((p for p in (run / "results.json",) if p.is_file()), None)
+    results_path = run / "results.json" if (run / "results.json").is_file() else None
     results = _read(results_path) if results_path else None
     candidates = [run / "attacks.json", *sorted(run.glob("*/attacks.json"))]
     if run.parent != run:
