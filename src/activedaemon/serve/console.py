@@ -12,7 +12,9 @@ Sessions live in the service's memory: a restart signs everyone out.
 """
 
 # No `from __future__ import annotations`: FastAPI reads these signatures at run time.
+import asyncio
 import hmac
+import io
 import json
 import logging
 import math
@@ -99,6 +101,9 @@ def window_edges(window: str, now: datetime | None = None) -> list[datetime]:
     return [end - width * (count - i) for i in range(count + 1)]
 
 
+_CHART_LOCK = threading.Lock()
+
+
 def usage_chart_svg(edges: list[datetime], counts: dict[str, list[int]], title: str) -> str:
     """Stacked bars of audited images per outcome over time, as SVG text (text kept as text)."""
     import matplotlib
@@ -107,7 +112,11 @@ def usage_chart_svg(edges: list[datetime], counts: dict[str, list[int]], title: 
 
     starts = edges[:-1]
     width = (edges[1] - edges[0]) * 0.9
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "activedaemon"}):
+    # rc_context changes matplotlib's global settings: one chart at a time.
+    with (
+        _CHART_LOCK,
+        matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "activedaemon"}),
+    ):
         fig = Figure(figsize=(9, 3.2))
         ax = fig.add_subplot()
         bottom = [0] * len(starts)
@@ -144,8 +153,6 @@ def usage_chart_svg(edges: list[datetime], counts: dict[str, list[int]], title: 
                 color="#757575",
             )
         fig.tight_layout()
-        import io
-
         buf = io.StringIO()
         fig.savefig(buf, format="svg", metadata={"Date": None})
     return buf.getvalue()
@@ -406,7 +413,7 @@ def console_router(
         key = str(form.get("key", ""))
         if not hmac.compare_digest(key.encode(), expected):
             log.info("console: failed sign-in")
-            await _sleep(FAILED_SIGN_IN_DELAY)
+            await asyncio.sleep(FAILED_SIGN_IN_DELAY)
             return _login_page(request, 401, "That is not the admin key.")
         sid, session = sessions.create()
         log.info("console: signed in")
@@ -658,9 +665,3 @@ def console_router(
         )
 
     return router
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)
