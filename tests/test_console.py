@@ -425,6 +425,8 @@ def test_usage_chart_svg_is_text_and_handles_no_data():
     counts = {"zeta_outcome": [1] * 60, "ok": [2] * 60}
     svg = usage_chart_svg(edges, counts, "t")
     assert svg.index("ok (120)") < svg.index("zeta_outcome (60)")  # known outcomes first
+    odd = usage_chart_svg(edges, {"a$\\frac{$x": [1] * 60}, "user $\\undefined{$")  # no mathtext
+    assert "a$\\frac{$x (60)" in odd and "user $\\undefined{$" in odd
 
 
 def test_model_page_shows_card_encoder_and_records(console, tmp_path, tiny_protected, generator):

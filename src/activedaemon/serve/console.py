@@ -104,6 +104,11 @@ def window_edges(window: str, now: datetime | None = None) -> list[datetime]:
 _CHART_LOCK = threading.Lock()
 
 
+def _plain(text: str) -> str:
+    """Text matplotlib draws as it is (user ids and outcome names may hold '$': mathtext)."""
+    return text.replace("$", r"\$")
+
+
 def usage_chart_svg(edges: list[datetime], counts: dict[str, list[int]], title: str) -> str:
     """Stacked bars of audited images per outcome over time, as SVG text (text kept as text)."""
     import matplotlib
@@ -129,7 +134,7 @@ def usage_chart_svg(edges: list[datetime], counts: dict[str, list[int]], title: 
                 bottom=bottom,
                 align="edge",
                 color=outcome_colour(name),
-                label=f"{name} ({sum(series)})",
+                label=_plain(f"{name} ({sum(series)})"),
             )
             bottom = [b + c for b, c in zip(bottom, series, strict=True)]
         ax.set_xlim(edges[0], edges[-1])
@@ -138,7 +143,7 @@ def usage_chart_svg(edges: list[datetime], counts: dict[str, list[int]], title: 
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
         ax.set_ylabel("images")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(_plain(title), fontsize=10)
         ax.spines[["top", "right"]].set_visible(False)
         if counts:
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8, frameon=False)
