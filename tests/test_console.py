@@ -276,6 +276,9 @@ def test_console_actions_act_on_the_next_prediction(console, generator, test_ima
     r = client.post("/console/users", data={"csrf": csrf, "user_id": "Con/s 01", "name": "Eve"})
     assert "Registered user Con/s 01 (Eve)." in r.text
     assert cell(user_row(r.text, "Con/s 01"), "status") == "active"
+    r = client.post("/console/users", data={"csrf": csrf, "user_id": "<i>\"x'</", "name": "<b>B"})
+    assert "<b>B" not in r.text and "&lt;b&gt;B" in r.text  # names and ids are escaped
+    assert '<i>"x' not in r.text and "&lt;i&gt;&#34;x&#39;&lt;/" in r.text
     r = client.post("/console/users", data={"csrf": csrf, "name": "Rand"})
     random_id = html.unescape(re.search(r"Registered user (.{8}) \(Rand\)", r.text).group(1))
     assert gate.registry.get_user(random_id).name == "Rand"
