@@ -484,6 +484,7 @@ def load_classifier(run: str | Path, device: str | torch.device = "cpu") -> torc
     )
     model.load_state_dict(torch.load(run / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     model.card = card
+    model.run_folder = run.resolve()  # where its card, results and reports lie (serve.console)
     return model.to(device).eval()
 
 

@@ -309,4 +309,7 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
             "users": registry.count_users(),
         }
 
+    from activedaemon.serve.console import console_router  # the owner's web console, /console
+
+    app.include_router(console_router(gate, admin_key))
     return app

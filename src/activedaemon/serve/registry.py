@@ -190,6 +190,120 @@ def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{Path(path).expanduser().resolve()}"
 
 
+# -- read-only views of the audit log, for the owner's console (serve.console) ------------------
+NO_USER = ""  # audit filter value: the rows that carry no user id (never a valid 8-character id)
+
+
+@dataclass(frozen=True)
+class UserActivity:
+    """A user's audited images by outcome and the time of the last one."""
+
+    usage: dict[str, int]
+    last_query: datetime | None
+
+
+def _utc(t: datetime) -> datetime:
+    """A bound time in UTC: SQLite compares the stored UTC text, so every bound time is UTC too
+    (a naive time is taken as UTC)."""
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _images():
+    """How many images the matching rows stand for: the sum of ``images`` where the audit log
+    has that column (a refused request's summary row counts all its images), else the rows."""
+    images = getattr(QueryLog, "images", None)
+    return func.coalesce(func.sum(images), 0) if images is not None else func.count()
+
+
+def _audit_row(r: QueryLog) -> AuditRow:
+    """An AuditRow with every field it declares that the row holds."""
+    from dataclasses import fields
+
+    values = {f.name: getattr(r, f.name) for f in fields(AuditRow) if hasattr(r, f.name)}
+    return AuditRow(**{**values, "time": _aware(r.time)})
+
+
+def _audit_where(stmt, user: str | None, outcome: str | None, since, until):
+    if user == NO_USER:
+        stmt = stmt.where(QueryLog.user_id.is_(None))
+    elif user is not None:
+        stmt = stmt.where(QueryLog.user_id == user)
+    if outcome is not None:
+        stmt = stmt.where(QueryLog.outcome == outcome)
+    if since is not None:
+        stmt = stmt.where(QueryLog.time >= _utc(since))
+    if until is not None:
+        stmt = stmt.where(QueryLog.time < _utc(until))
+    return stmt
+
+
+class AuditViews:
+    """Queries the console pages make (part of :class:`Registry`; they only read)."""
+
+    engine: Engine
+
+    def audit_page(
+        self,
+        user: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> tuple[list[AuditRow], int]:
+        """Audit rows newest first, filtered (``user`` None: any, :data:`NO_USER`: rows with no
+        id; ``since`` inclusive, ``until`` exclusive) and paged: (rows of the page, rows in all)."""
+        if offset < 0 or limit < 1:
+            raise ValueError("offset must be >= 0 and limit >= 1")
+        with Session(self.engine) as s:
+            count = select(func.count()).select_from(QueryLog)
+            total = int(s.scalar(_audit_where(count, user, outcome, since, until)) or 0)
+            page = _audit_where(select(QueryLog), user, outcome, since, until)
+            rows = s.scalars(page.order_by(QueryLog.id.desc()).offset(offset).limit(limit)).all()
+            return [_audit_row(r) for r in rows], total
+
+    def audit_outcomes(self) -> list[str]:
+        """Every outcome the audit log holds (whatever the service version that wrote it)."""
+        with Session(self.engine) as s:
+            return sorted(s.scalars(select(QueryLog.outcome).distinct()).all())
+
+    def usage_over_time(
+        self, edges: Sequence[datetime], user: str | None = None
+    ) -> dict[str, list[int]]:
+        """Audited images per outcome in each interval ``[edges[i], edges[i + 1])`` (increasing
+        times), for one user (None: everyone, :data:`NO_USER`: images with no id). One query."""
+        from sqlalchemy import case, literal_column
+
+        edges = [_utc(e) for e in edges]
+        if len(edges) < 2 or any(a >= b for a, b in zip(edges, edges[1:], strict=False)):
+            raise ValueError("edges must be at least two increasing times")
+        bucket = case(*[(QueryLog.time < e, i) for i, e in enumerate(edges[1:])]).label("bucket")
+        stmt = _audit_where(
+            select(bucket, QueryLog.outcome, _images()), user, None, edges[0], edges[-1]
+        ).group_by(literal_column("bucket"), QueryLog.outcome)
+        counts: dict[str, list[int]] = {}
+        with Session(self.engine) as s:
+            for i, outcome, n in s.execute(stmt):
+                counts.setdefault(outcome, [0] * (len(edges) - 1))[int(i)] = int(n)
+        return counts
+
+    def user_activity(self) -> dict[str, UserActivity]:
+        """Per user id seen in the audit log: images by outcome and the last one's time."""
+        out: dict[str, UserActivity] = {}
+        with Session(self.engine) as s:
+            stmt = (
+                select(QueryLog.user_id, QueryLog.outcome, _images(), func.max(QueryLog.time))
+                .where(QueryLog.user_id.is_not(None))
+                .group_by(QueryLog.user_id, QueryLog.outcome)
+            )
+            for uid, outcome, n, last in s.execute(stmt):
+                prev = out.get(uid) or UserActivity({}, None)
+                last = _aware(last)
+                latest = max(t for t in (prev.last_query, last) if t is not None)
+                out[uid] = UserActivity({**prev.usage, outcome: int(n)}, latest)
+        return out
+
+
 def _engine(url: str, synchronous: str = "FULL") -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -210,7 +324,7 @@ def _engine(url: str, synchronous: str = "FULL") -> Engine:
     return engine
 
 
-class Registry:
+class Registry(AuditViews):
     """Users (id, name, active / revoked) and the query audit log, in one SQL database."""
 
     def __init__(self, url: str) -> None:
