@@ -26,7 +26,7 @@ from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
 from activedaemon.runs import finished_run, git_commit, run_record, write_json
 
-ENCODER = "fashion-mnist-32"
+TRANSIT_ENCODER = "fashion-mnist-32-transit"
 TRANSIT_KEYS = [
     f"{what} {t}"
     for t in ("jpeg q90", "jpeg q75", "noise sigma 0.01")
@@ -56,6 +56,21 @@ SETTINGS = {
         "precise_bn_images": 5000,
     },
     "paper+transit+pbn": {"transit": {"fraction": 0.3}, "precise_bn_images": 5000},
+    # The JPEG-trained encoder (fashion-mnist-32-transit) with the transit piece.
+    "transit-encoder": {"encoder": TRANSIT_ENCODER, "transit": {"fraction": 0.3}},
+    "transit-encoder+gamma0.5": {
+        "encoder": TRANSIT_ENCODER,
+        "transit": {"fraction": 0.3},
+        "poison": {"gamma": 0.5},
+    },
+    "from-clean+transit-encoder+gamma0.5-lr0.02-2ep": {
+        "encoder": TRANSIT_ENCODER,
+        "init_from": CLEAN,
+        "transit": {"fraction": 0.3},
+        "poison": {"gamma": 0.5},
+        "lr": 0.02,
+        "epochs": 2,
+    },
 }
 
 
@@ -78,8 +93,8 @@ def train(name: str, overrides: dict, args: argparse.Namespace, protected: bool 
 
 def measure(name: str, run: Path, clean: Path, args: argparse.Namespace) -> dict:
     common = {"limit_test": args.limit_test, "seed": args.seed}
-    ev = evaluate_protection(run, ENCODER, clean, per_user_images=100, **common)
-    ctx = load_context(run, ENCODER, fast=args.fast, out=args.out / name / "attacks", **common)
+    ev = evaluate_protection(run, None, clean, per_user_images=100, **common)  # the card's encoder
+    ctx = load_context(run, None, fast=args.fast, out=args.out / name / "attacks", **common)
     transit = run_attack("transit", ctx).metrics
     audit = run_attack("dormancy", ctx)
     steps = 30 if args.fast else args.reverse_steps
@@ -98,6 +113,7 @@ def measure(name: str, run: Path, clean: Path, args: argparse.Namespace) -> dict
         "max_gain": gains[worst],
         "max_gain_thief": worst,
         **{k: transit[k] for k in TRANSIT_KEYS},
+        "encoder": ctx.model.card["encoder"],
         "universal_x1": reverse.metrics["universal_x1"] if reverse else None,
         "neural_cleanse": reverse.metrics["neural_cleanse"] if reverse else None,
         "epoch_seconds": trained["metrics"]["epoch_seconds"],

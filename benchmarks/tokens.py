@@ -1,10 +1,10 @@
 """Token generator throughput and cost (Table X analogue), against a classifier forward pass.
 
-    python benchmarks/tokens.py [--encoder fashion-mnist-32] [--batch 256] [--repeats 10]
+    python benchmarks/tokens.py [--encoder fashion-mnist-32 ...] [--batch 256] [--repeats 10]
 
-Prints images/s for embed (encoder + clamp + 8-bit rounding) and identify (decoder + BCH), the
-parameters and forward FLOPs of encoder and decoder, and the same for a torchvision ResNet-18
-(10 classes) on the same images, measured in the same run on this machine.
+Prints, for each encoder named (all measured in the same run), images/s for embed (encoder +
+clamp + 8-bit rounding) and identify (decoder + BCH), the parameters and forward FLOPs of encoder
+and decoder, and the same for a torchvision ResNet-18 (10 classes) on the same images.
 """
 
 from __future__ import annotations
@@ -41,13 +41,17 @@ def params(module: torch.nn.Module) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", default="fashion-mnist-32")
+    parser.add_argument("--encoder", nargs="+", default=["fashion-mnist-32"])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
 
+    for name in args.encoder:
+        print(name, json.dumps(measure(TokenGenerator.load(name), args), indent=2), flush=True)
+
+
+def measure(gen: TokenGenerator, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
-    gen = TokenGenerator.load(args.encoder)
     a = gen.arch
     images = torch.rand(args.batch, a.channels, a.image_size, a.image_size)
     ids = [random_user_id() for _ in range(args.batch)]
@@ -82,8 +86,7 @@ def main() -> None:
     results["embed_vs_classifier_speed"] = (
         results["embed_images_per_s"] / results["classifier_images_per_s"]
     )
-    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in results.items()},
-                     indent=2))  # fmt: skip
+    return {k: round(v, 2) if isinstance(v, float) else v for k, v in results.items()}
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def add_parsers(sub) -> None:
         help="stealth and decoding report of an encoder (PSNR, SSIM, ERGAS, LPIPS, A_dec, ...)",
         description="Embed fresh random ids (never seen in training) into test images and report "
         "PSNR, SSIM, ERGAS, LPIPS (null with the reason where its weights cannot load), A_dec, "
-        "the exact-id rate clean and after Gaussian noise 0.02, how often clean images read as "
+        "the exact-id rate clean, after Gaussian noise 0.01 and 0.02 and after JPEG 90 and 75, "
+        "how often clean images read as "
         "an id, token distinctness, and how often a token moved to another image still reads.",
     )
     add_encoder(p, required=True)
@@ -124,7 +125,10 @@ TOKEN_REPORT_KEYS = [
     ("A_dec", "A_dec (% message bits)"),
     ("bit_accuracy", "bit accuracy"),
     ("exact_id_rate", "exact-id rate (%)"),
+    ("exact_id_rate_noise0.01", "exact-id rate, noise 0.01 (%)"),
     ("exact_id_rate_noise0.02", "exact-id rate, noise 0.02 (%)"),
+    ("exact_id_rate_jpeg90", "exact-id rate, JPEG 90 (%)"),
+    ("exact_id_rate_jpeg75", "exact-id rate, JPEG 75 (%)"),
     ("clean_identified_rate", "clean images read as an id (%)"),
     ("token_cosine_same_id_across_images", "token cosine, one id, two images"),
     ("token_cosine_same_image_across_ids", "token cosine, one image, two ids"),
