@@ -34,9 +34,14 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--model", required=True, help="protected classifier run folder")
     add_model_encoder(p)
-    p.add_argument("--db", default="sqlite:///activedaemon-users.db",
-                   help="registry URL: sqlite:///PATH (default ./activedaemon-users.db) or "
-                   "postgresql+psycopg://USER:PASS@HOST/DB")  # fmt: skip
+    p.add_argument(
+        "--db",
+        help="registry URL: sqlite:///PATH (default ./activedaemon-users.db) or "
+        "postgresql+psycopg://USER@HOST/DB; a URL with a password goes in "
+        "$ACTIVEDAEMON_DB_URL or --db-file instead (a command line shows in ps)",
+    )
+    p.add_argument("--db-file", help="file whose first line is the registry URL (before "
+                   "$ACTIVEDAEMON_DB_URL, before --db)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--admin-key-file", help="file holding the admin key (else the env variable)")
@@ -45,6 +50,9 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--max-bytes", type=positive_int, default=1_000_000, help="bytes per image file")
     p.add_argument("--max-pixels", type=positive_int, default=4_000_000, help="pixels per image")
+    p.add_argument("--formats", default="png", choices=["png", "png,jpeg"],
+                   help="image formats the server decodes (png; png,jpeg only for an encoder "
+                   "trained with JPEG noise)")  # fmt: skip
     p.add_argument("--auth-ids", action="store_true",
                    help="authenticated ids: tokens carry a user number + HMAC under a per-user "
                    "key derived from the master secret ($ACTIVEDAEMON_MASTER_KEY or "
@@ -128,16 +136,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from activedaemon.serve.gate import Limits
-    from activedaemon.serve.server import ADMIN_KEY_ENV, build_gatekeeper, read_secret, serve
+    from activedaemon.serve.server import (
+        ADMIN_KEY_ENV,
+        build_gatekeeper,
+        read_secret,
+        resolve_db_url,
+        serve,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     admin_key = read_secret(ADMIN_KEY_ENV, args.admin_key_file, "admin key")
     scheme, master = auth_scheme(args)
-    limits = Limits(args.max_images, args.max_bytes, args.max_pixels)
+    formats = tuple(f.upper() for f in args.formats.split(","))
+    limits = Limits(args.max_images, args.max_bytes, args.max_pixels, formats)
     gate = build_gatekeeper(
         args.model,
         args.encoder,
-        args.db,
+        resolve_db_url(args.db, args.db_file),
         limits=limits,
         scheme=scheme,
         master=master,
@@ -145,6 +160,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     serve(gate, admin_key, args.host, args.port)
     return 0
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped (``\\x1b``), so that a
+    name from the registry cannot move the cursor or rewrite the owner's terminal."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def service_call(url: str, call):
@@ -166,7 +187,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     credential = None
     if args.credential_file:
-        credential = Path(args.credential_file).read_text().strip()
+        lines = Path(args.credential_file).read_text().splitlines()
+        credential = lines[0].strip() if lines else ""
     elif os.environ.get("ACTIVEDAEMON_CREDENTIAL"):
         credential = os.environ["ACTIVEDAEMON_CREDENTIAL"].strip()
     if args.user is None and credential is None:
@@ -211,9 +233,10 @@ def cmd_users(args: argparse.Namespace) -> int:
         emit_json("-", result)
     elif args.users_command == "list":
         for u in result:
-            print(f"{u['user_id']}\t{u['status']}\t{u['created_at']}\t{u['name']}")
+            fields = (u["user_id"], u["status"], u["created_at"], u["name"])
+            print("\t".join(terminal_safe(str(f)) for f in fields))
     else:
-        print(f"{result['user_id']}\t{result['status']}")
+        print(f"{terminal_safe(result['user_id'])}\t{result['status']}")
         if result.get("credential"):
             print(f"credential (give it to the user; shown once): {result['credential']}")
     emit_json(args.json, result)

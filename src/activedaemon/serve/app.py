@@ -6,6 +6,7 @@ routes parse requests, enforce size limits and the admin key, and turn outcomes 
 
 # No `from __future__ import annotations`: FastAPI reads these signatures at run time.
 import hmac
+import json
 import logging
 import time
 from typing import Annotated
@@ -15,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -75,7 +77,6 @@ class HealthOut(BaseModel):
     status: str
     version: str
     ids: str
-    users: int
 
 
 ERRORS = {
@@ -85,8 +86,13 @@ ERRORS = {
     404: {"model": ErrorOut, "description": "no such user"},
     409: {"model": ErrorOut, "description": "the user exists"},
     413: {"model": ErrorOut, "description": "too many images, bytes or pixels"},
-    415: {"model": ErrorOut, "description": "not multipart/form-data"},
+    415: {
+        "model": ErrorOut,
+        "description": "not multipart/form-data, or an image format the service does not read",
+    },
     422: {"model": ErrorOut, "description": "malformed request"},
+    500: {"model": ErrorOut, "description": "the service failed (logged; audited for queries)"},
+    503: {"model": ErrorOut, "description": "the registry is unreachable; retry later"},
 }
 
 
@@ -148,6 +154,75 @@ class _TooBig(Exception):
     pass
 
 
+PREDICT_PATH = "/v1/predict"
+DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def failure_response(e: Exception) -> JSONResponse:
+    """503 for a registry that cannot be reached, else 500; the reason never holds the error."""
+    if isinstance(e, DB_ERRORS):
+        log.error("registry unavailable: %s", type(e).__name__)
+        response = _json_error(503, "registry_unavailable", "the user registry is unreachable; "
+                               "nothing was answered; retry later")  # fmt: skip
+        response.headers["Retry-After"] = "1"
+        return response
+    log.exception("unexpected failure")
+    return _json_error(500, "internal_error", "the service failed on this request (logged)")
+
+
+class Guard:
+    """Outermost ASGI middleware: no exception leaves the service as a bare 500 (a registry
+    outage is a 503 JSON, anything else a 500 JSON, both logged), and every POST /v1/predict
+    gets exactly one audit outcome: the gate writes one row per answered image; every other
+    answer (a 4xx from any layer, a 5xx) gets one summary row, written before it is sent."""
+
+    def __init__(self, app, gate) -> None:
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        audited = scope["path"] == PREDICT_PATH and scope["method"] == "POST"
+        state = scope.setdefault("state", {})
+        started = time.perf_counter()
+        held: list[dict] = []  # a refusal's messages, sent once its audit row is written
+        response_started = False
+
+        async def guarded_send(message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            if not audited or state.get("audited"):
+                return await send(message)
+            held.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                await self._audit(held, state, started)
+                for m in held:
+                    await send(m)
+                held.clear()
+
+        try:
+            await self.app(scope, receive, guarded_send)
+        except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare 500
+            if response_started:
+                log.exception("failure after the answer started")
+                return
+            await failure_response(e)(scope, receive, guarded_send)
+
+    async def _audit(self, held: list[dict], state: dict, started: float) -> None:
+        status = next(m["status"] for m in held if m["type"] == "http.response.start")
+        body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
+        try:
+            error = str(json.loads(body).get("error", ""))
+        except (ValueError, AttributeError):
+            error = ""
+        try:
+            await run_in_threadpool(self.gate.audit_refusal, started, state.get("images", 0),
+                                    status, error, state.get("audit"))  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - the registry is down: the refusal is logged here
+            log.error("refused query (%d %s) not audited: %s", status, error, type(e).__name__)
+
+
 def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
     """The service. ``admin_key`` guards the owner endpoints (compared in constant time)."""
     if not admin_key:
@@ -161,6 +236,7 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
         "token the server reads from the image (ActiveDaemon, NDSS, Sec. V-D).",
     )
     app.add_middleware(BodyLimit, max_bytes=gate.limits.max_request_bytes)
+    app.add_middleware(Guard, gate=gate)  # added last: the outermost
 
     def require_admin(key: Annotated[str | None, Depends(ADMIN_KEY_SCHEME)]) -> None:
         if key is None or not hmac.compare_digest(key.encode(), expected):
@@ -173,14 +249,12 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, e: StarletteHTTPException) -> JSONResponse:
-        names = {404: "not_found", 405: "method_not_allowed"}
+        names = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
         return _json_error(e.status_code, names.get(e.status_code, "http_error"), str(e.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         ctype = request.headers.get("content-type", "")
-        if request.url.path == "/v1/predict":
-            await run_in_threadpool(gate.audit_bad_input, time.perf_counter())
         if request.url.path == "/v1/predict" and not ctype.startswith("multipart/form-data"):
             return _json_error(
                 415, "unsupported_media_type", "send the images as multipart/form-data"
@@ -200,20 +274,23 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
     @app.post(
         "/v1/predict",
         response_model=PredictOut,
-        responses=_errors(400, 403, 413, 415, 422),
+        responses=_errors(400, 403, 413, 415, 422, 500, 503),
         summary="classify images that carry a registered user's token",
     )
     async def predict(
-        images: Annotated[list[UploadFile], File(description="one or more PNG / JPEG images")],
+        request: Request,
+        images: Annotated[list[UploadFile], File(description="one or more PNG images")],
     ) -> dict:
         started = time.perf_counter()
+        request.state.images = len(images)
         try:
             blobs = await _read_uploads(images)
-            return await run_in_threadpool(gate.answer, blobs, started)
+            answer = await run_in_threadpool(gate.answer, blobs, started)
         except ApiError as e:
-            if e.status != 403:  # 403s are audited per image by the gate
-                await run_in_threadpool(gate.audit_bad_input, started)
+            request.state.audit = e.audit  # the Guard writes the refusal's one row
             raise
+        request.state.audited = True  # the gate wrote one row per answered image
+        return answer
 
     async def _read_uploads(images: list[UploadFile]) -> list[bytes]:
         # No images at all never gets here: FastAPI refuses it first (422 empty_batch, above).
@@ -302,11 +379,6 @@ def create_app(gate: Gatekeeper, admin_key: str) -> FastAPI:
 
     @app.get("/healthz", response_model=HealthOut)
     def healthz() -> dict:
-        return {
-            "status": "ok",
-            "version": __version__,
-            "ids": gate.describe_ids(),
-            "users": registry.count_users(),
-        }
+        return {"status": "ok", "version": __version__, "ids": gate.describe_ids()}
 
     return app

@@ -7,27 +7,47 @@ body or raises :class:`ApiError`, and audits every image either way.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from activedaemon.imageio import read_image
 from activedaemon.serve.authid import AuthIdScheme, Credential, user_key
 from activedaemon.serve.registry import Registry, UserInfo
 from activedaemon.tokens import TokenGenerator
 
+log = logging.getLogger(__name__)
 MODES = {1: ("L",), 3: ("RGB",)}
+# Magic bytes of the formats the decoder may be allowed to read; nothing else reaches Pillow.
+MAGIC = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",)}
+FORBIDDEN = "forbidden"
+# The one reason every 403 gives: which check failed (no token, unknown user, revoked, bad MAC)
+# goes to the audit log only, so that the answers are no oracle for the registry.
+FORBIDDEN_REASON = (
+    "the query was refused: every image must carry the valid token of a registered, active user"
+)
 
 
 class ApiError(Exception):
-    """A client-visible failure: HTTP status, short error code, and the reason in words."""
+    """A client-visible failure: HTTP status, short error code, and the reason in words.
 
-    def __init__(self, status: int, error: str, reason: str) -> None:
+    ``audit`` optionally carries what the audit log should record for the refused request:
+    (user id or None, outcome, detail)."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        reason: str,
+        audit: tuple[str | None, str, str] | None = None,
+    ) -> None:
         super().__init__(reason)
-        self.status, self.error, self.reason = status, error, reason
+        self.status, self.error, self.reason, self.audit = status, error, reason, audit
 
 
 @dataclass(frozen=True)
@@ -37,6 +57,14 @@ class Limits:
     max_images: int = 64
     max_bytes: int = 1_000_000  # per image file
     max_pixels: int = 4_000_000  # per image, checked from the header before decoding
+    # Image formats the decoder reads (Pillow format names). PNG is lossless, which the shipped
+    # encoder's tokens need; add JPEG only for an encoder trained with JPEG noise.
+    formats: tuple[str, ...] = ("PNG",)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.formats) - set(MAGIC))
+        if unknown or not self.formats:
+            raise ValueError(f"image formats must be among {sorted(MAGIC)}, got {self.formats}")
 
     @property
     def max_request_bytes(self) -> int:
@@ -44,33 +72,53 @@ class Limits:
 
 
 def decode_upload(data: bytes, index: int, channels: int, size: int, limits: Limits):
-    """Bytes of one upload -> (C, H, W) tensor in [0, 1], or ApiError saying what is wrong."""
+    """Bytes of one upload -> (C, H, W) tensor in [0, 1], or ApiError saying what is wrong.
+
+    Only the allowed formats reach Pillow (checked by magic bytes, and Pillow is told to try no
+    other plugin); the pixel count is checked from the header before any pixel is decoded. The
+    reasons are ours, in plain words: Pillow's own messages never reach the client."""
     what = f"image {index}"
+    allowed = " or ".join(limits.formats)
+    if not any(data.startswith(m) for f in limits.formats for m in MAGIC[f]):
+        raise ApiError(415, "unsupported_format", f"{what} is not a {allowed} file")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=list(limits.formats)) as im:
             width, height, mode = im.width, im.height, im.mode
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ApiError(400, "not_an_image", f"{what} is not a readable image: {e}") from None
-    if width * height > limits.max_pixels:
+            frames = getattr(im, "n_frames", 1)
+            pixels = width * height
+            if pixels > limits.max_pixels:
+                raise ApiError(
+                    413, "too_many_pixels", f"{what} has {pixels} pixels (max {limits.max_pixels})"
+                )
+            if frames != 1:
+                raise ApiError(415, "unsupported_format", f"{what} is animated ({allowed} only)")
+            if mode not in MODES[channels]:
+                want = "3-channel RGB" if channels == 3 else "1-channel greyscale (L)"
+                raise ApiError(
+                    400, "wrong_channels", f"{what} has mode {mode}; this model takes {want} images"
+                )
+            if (width, height) != (size, size):
+                raise ApiError(
+                    400,
+                    "wrong_size",
+                    f"{what} is {width}x{height}; the service takes {size}x{size} (add the token "
+                    "at that size: resizing afterwards destroys it)",
+                )
+            im.load()
+            array = np.asarray(im, dtype=np.float32) / 255.0
+    except ApiError:
+        raise
+    except Image.DecompressionBombError:  # Pillow's own, larger limit, hit while opening
         raise ApiError(
-            413, "too_many_pixels", f"{what} has {width * height} pixels (max {limits.max_pixels})"
-        )
-    if mode not in MODES[channels]:
-        want = "3-channel RGB" if channels == 3 else "1-channel greyscale (L)"
-        raise ApiError(
-            400, "wrong_channels", f"{what} has mode {mode}; this model takes {want} images"
-        )
-    if (width, height) != (size, size):
-        raise ApiError(
-            400,
-            "wrong_size",
-            f"{what} is {width}x{height}; the service takes {size}x{size} (add the token at "
-            "that size: resizing afterwards destroys it)",
-        )
-    try:
-        return read_image(data, channels, size)
-    except ValueError as e:  # truncated or corrupt beyond the header
-        raise ApiError(400, "not_an_image", f"{what}: {e}") from None
+            413, "too_many_pixels", f"{what} declares too many pixels (max {limits.max_pixels})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any parser failure on untrusted bytes is bad input
+        log.debug("%s not decoded: %r", what, e)
+        raise ApiError(400, "not_an_image", f"{what} is not a readable {allowed} image") from None
+    if array.shape[:2] != (size, size):  # a header that lied about the decoded size
+        raise ApiError(400, "not_an_image", f"{what} is not a readable {allowed} image")
+    tensor = torch.from_numpy(array.copy())
+    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 
 
 class Gatekeeper:
@@ -110,55 +158,66 @@ class Gatekeeper:
         return info, str(Credential(info.number, key, self.scheme))
 
     # -- the query path -----------------------------------------------------------------------
-    def identify_users(self, images: torch.Tensor) -> tuple[list[UserInfo | None], list[str], list]:
-        """Per image: the registered user its token names (or None), the outcome so far, and the
-        decoded id for the audit log (plain ids; None where none was read)."""
+    def identify_users(
+        self, images: torch.Tensor
+    ) -> tuple[list[UserInfo | None], list[str], list[str | None]]:
+        """Per image: the registered user its token names (or None); the outcome (``ok``,
+        ``revoked``, ``unknown``, ``undecodable`` or ``bad_mac``); and the id the audit log
+        records (the decoded plain id, or the registered user an authenticated token claims,
+        also when its MAC fails, so that forgeries show in that user's usage)."""
         probs = self.generator.decode_probs(images)
         if self.scheme is None:
             ids = self.generator.codec.decode_batch(probs)
             found = {u.user_id: u for u in self.registry.users(user_ids=[i for i in ids if i])}
             users = [found.get(i) if i else None for i in ids]
-            outcomes = ["undecodable" if i is None else "unknown" for i in ids]
-            return users, outcomes, ids
-        numbers, outcomes = [], []
-        for bits, image in zip(probs, images, strict=True):
-            message = self.generator.codec.decode_detailed(bits).message
-            number = None if message is None else self.scheme.verify(message, self._master, image)
-            numbers.append(number)
-            outcomes.append(
-                "undecodable" if message is None else "bad_mac" if number is None else "unknown"
-            )
-        found = {u.number: u for u in self.registry.users(numbers=[n for n in numbers if n])}
-        users = [found.get(n) if n else None for n in numbers]
-        return users, outcomes, [u.user_id if u else None for u in users]
+            outcomes = [
+                "undecodable" if i is None else "unknown" if u is None else _status(u)
+                for i, u in zip(ids, users, strict=True)
+            ]
+            return users, outcomes, list(ids)
+        messages = [self.generator.codec.decode_detailed(bits).message for bits in probs]
+        claimed = [None if m is None else self.scheme.number_of(m) or None for m in messages]
+        found = {u.number: u for u in self.registry.users(numbers=[n for n in claimed if n])}
+        users, outcomes, named = [], [], []
+        for message, number, image in zip(messages, claimed, images, strict=True):
+            user = found.get(number) if number else None
+            named.append(user.user_id if user else None)
+            if number is None:
+                users.append(None)
+                outcomes.append("undecodable")
+            elif user is None:
+                users.append(None)
+                outcomes.append("unknown")
+            elif self.scheme.verify(message, self._master, image) != number:
+                users.append(None)
+                outcomes.append("bad_mac")
+            else:
+                users.append(user)
+                outcomes.append(_status(user))
+        return users, outcomes, named
 
     def answer(self, blobs: list[bytes], started: float | None = None) -> dict:
-        """The /v1/predict body for these uploads, or ApiError. Every decoded image is audited;
-        the caller audits requests rejected as bad input (:meth:`audit_bad_input`)."""
+        """The /v1/predict body for these uploads, or ApiError. Answered images are audited here
+        (one row each) before the answer is returned; a refusal carries its one summary row in
+        ``ApiError.audit`` for the caller to write (:meth:`audit_refusal`)."""
         started = time.perf_counter() if started is None else started
         size, channels = self.generator.arch.image_size, self.generator.arch.channels
-
-        def audit(rows: list[tuple[str | None, str]]) -> None:
-            ms = 1000 * (time.perf_counter() - started)
-            self.registry.log_queries((u, o, ms) for u, o in rows)
-
         images = torch.stack(
             [decode_upload(b, i, channels, size, self.limits) for i, b in enumerate(blobs)]
         )
         with self._lock:
-            users, outcomes, decoded = self.identify_users(images)
-        for i, user in enumerate(users):
-            if user is not None:
-                outcomes[i] = "ok" if user.active else "revoked"
-        if any(o != "ok" for o in outcomes):
-            bad = next(i for i, o in enumerate(outcomes) if o != "ok")
-            rejected = [o if o != "ok" else "batch_rejected" for o in outcomes]
-            audit(list(zip(decoded, rejected, strict=True)))
-            raise ApiError(403, "forbidden", self._reason(bad, users[bad], outcomes[bad]))
+            users, outcomes, named = self.identify_users(images)
+        self._refuse_unless_ok(outcomes, named)
         with self._lock, torch.inference_mode():
             probs = torch.softmax(self.model(images), dim=1)
+        # Revocation is re-checked after the forward pass, just before answering: a revoke that
+        # returned while this request was in the model refuses it.
+        fresh = {u.number: u for u in self.registry.users(numbers=[u.number for u in users])}
+        outcomes = [_status(fresh[u.number]) if u.number in fresh else "unknown" for u in users]
+        self._refuse_unless_ok(outcomes, named)
         labels = probs.argmax(1).tolist()
-        audit([(u.user_id, "ok") for u in users])
+        ms = 1000 * (time.perf_counter() - started)
+        self.registry.log_queries((u.user_id, "ok", ms) for u in users)
         return {
             "predictions": [
                 {
@@ -171,16 +230,34 @@ class Gatekeeper:
             ]
         }
 
-    def audit_bad_input(self, started: float) -> None:
-        """One audit row for a /v1/predict request refused before any image was decoded."""
-        self.registry.log_queries([(None, "bad_input", 1000 * (time.perf_counter() - started))])
+    @staticmethod
+    def _refuse_unless_ok(outcomes: list[str], named: list[str | None]) -> None:
+        """403 with the generic reason unless every image is ok; the audit detail says which
+        image failed first and how, the outcome of every image and the ids the batch named."""
+        if all(o == "ok" for o in outcomes):
+            return
+        bad = next(i for i, o in enumerate(outcomes) if o != "ok")
+        counts = " ".join(f"{o}={n}" for o, n in sorted(Counter(outcomes).items()))
+        ids = ",".join(sorted({i for i in named if i}))
+        detail = f"image {bad} {outcomes[bad]}; {counts}" + (f"; ids {ids}" if ids else "")
+        raise ApiError(403, FORBIDDEN, FORBIDDEN_REASON, audit=(named[bad], outcomes[bad], detail))
 
-    def _reason(self, index: int, user: UserInfo | None, outcome: str) -> str:
-        what = f"image {index}"
-        if outcome == "undecodable":
-            return f"{what} carries no readable user token (clean, damaged or foreign image)"
-        if outcome == "bad_mac":
-            return f"{what} carries a token whose authentication code does not verify"
-        if outcome == "revoked":
-            return f"{what}: user {user.user_id!r} is revoked"
-        return f"{what}: the user its token names is not registered"
+    def audit_refusal(
+        self, started: float, images: int, status: int, error: str, audit=None
+    ) -> None:
+        """The one audit row of a refused /v1/predict request: the gate's detail when it got
+        that far, else the HTTP status and error code (outcome ``bad_input``, ``too_large``,
+        ``rate_limited``, ``unavailable`` or ``error``)."""
+        ms = 1000 * (time.perf_counter() - started)
+        if audit is None:
+            outcome = REFUSAL_OUTCOMES.get(status, "error" if status >= 500 else "bad_input")
+            audit = (None, outcome, f"{status} {error}")
+        user_id, outcome, detail = audit
+        self.registry.log_refusal(user_id, outcome, ms, images, detail)
+
+
+REFUSAL_OUTCOMES = {413: "too_large", 429: "rate_limited", 503: "unavailable"}
+
+
+def _status(user: UserInfo) -> str:
+    return "ok" if user.active else "revoked"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +25,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
 )
@@ -31,12 +33,13 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from activedaemon.identity import random_user_id, validate_user_id
+from activedaemon.identity import ID_LENGTH, PRINTABLE, random_user_id, validate_user_id
 
 log = logging.getLogger(__name__)
 
 ACTIVE, REVOKED = "active", "revoked"
 NAME_MAX = 200
+DETAIL_MAX = 255
 
 
 class Base(DeclarativeBase):
@@ -56,16 +59,21 @@ class User(Base):
 
 
 class QueryLog(Base):
-    """One row per image of a query (one row for a request rejected before decoding)."""
+    """One row per answered image, and one summary row per refused /v1/predict request."""
 
     __tablename__ = "query_log"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     user_id: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)
-    # ok, undecodable, unknown, revoked, bad_mac, bad_input or batch_rejected (see serve.gate)
+    # ok, undecodable, unknown, revoked, bad_mac, bad_input, too_large, error, ... (see
+    # serve.gate); rows written before schema version 3 may also say batch_rejected.
     outcome: Mapped[str] = mapped_column(String(16))
     latency_ms: Mapped[float] = mapped_column(Float)
+    # Since version 3: how many images the row stands for (1 for an answered image, the whole
+    # request for a refused one) and the refusal's detail (error code, outcomes per image).
+    images: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    detail: Mapped[str | None] = mapped_column(String(DETAIL_MAX), nullable=True)
 
 
 # -- migrations ---------------------------------------------------------------------------------
@@ -99,8 +107,26 @@ def _m2_append_only(conn: Connection) -> None:
         )
 
 
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    """ALTER TABLE ADD COLUMN for each missing column (a fresh database already has them: step 1
+    creates the tables from the current models)."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, ddl in columns.items():
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+
+def _m3_audit_summary(conn: Connection) -> None:
+    """Refused requests get one summary row: how many images it stands for, and the detail."""
+    _add_columns(
+        conn,
+        "query_log",
+        {"images": "INTEGER NOT NULL DEFAULT 1", "detail": f"VARCHAR({DETAIL_MAX})"},
+    )
+
+
 # Step i brings the schema from version i to i + 1; append new steps, never edit old ones.
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1_tables, _m2_append_only]
+MIGRATIONS: list[Callable[[Connection], None]] = [_m1_tables, _m2_append_only, _m3_audit_summary]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -169,6 +195,31 @@ class AuditRow:
     user_id: str | None
     outcome: str
     latency_ms: float
+    images: int = 1  # an answered image: 1; a refused request: all its images
+    detail: str | None = None  # a refused request's error code and per-image outcomes
+
+
+def check_name(name: str) -> str:
+    """A display name: at most NAME_MAX characters and no control characters (NUL, ESC, ...:
+    PostgreSQL refuses NUL, and escape codes would reach the owner's terminal)."""
+    if len(name) > NAME_MAX:
+        raise ValueError(f"a name has at most {NAME_MAX} characters, got {len(name)}")
+    bad = sorted({c for c in name if unicodedata.category(c) == "Cc"})
+    if bad:
+        raise ValueError(f"a name may not hold control characters; got {bad!r}")
+    return name
+
+
+def could_be_id(user_id: str) -> bool:
+    """Whether ``user_id`` is a well-formed id at all (else no user has it: no query needed, and
+    no NUL reaches the database)."""
+    return len(user_id) == ID_LENGTH and all(c in PRINTABLE for c in user_id)
+
+
+def _clean_detail(detail: str | None) -> str | None:
+    if detail is None:
+        return None
+    return "".join(c if c in PRINTABLE else "?" for c in detail)[:DETAIL_MAX]
 
 
 def _now() -> datetime:
@@ -240,8 +291,7 @@ class Registry:
         """Register ``user_id`` (a random alphanumeric id when None); UserExists if taken."""
         if user_id is not None:
             validate_user_id(user_id)
-        if len(name) > NAME_MAX:
-            raise ValueError(f"a name has at most {NAME_MAX} characters, got {len(name)}")
+        check_name(name)
         rng = rng or random.SystemRandom()
         with self._lock:
             for _ in range(20):
@@ -259,6 +309,8 @@ class Registry:
         raise RuntimeError("could not draw an unused random user id in 20 tries")
 
     def get_user(self, user_id: str) -> UserInfo:
+        if not could_be_id(user_id):
+            raise UserNotFound(user_id)
         with Session(self.engine) as s:
             user = s.scalar(select(User).where(User.user_id == user_id))
             if user is None:
@@ -267,7 +319,7 @@ class Registry:
 
     def users(self, user_ids: Iterable[str] = (), numbers: Iterable[int] = ()) -> list[UserInfo]:
         """The registered users among ``user_ids`` or ``numbers`` (one query for a batch)."""
-        ids, nums = sorted(set(user_ids)), sorted(set(numbers))
+        ids, nums = sorted(i for i in set(user_ids) if could_be_id(i)), sorted(set(numbers))
         if not ids and not nums:
             return []
         cond = User.user_id.in_(ids) if ids else User.number.in_(nums)
@@ -284,6 +336,8 @@ class Registry:
 
     def set_active(self, user_id: str, active: bool) -> UserInfo:
         """Revoke or re-activate; takes effect on the next query (nothing is cached)."""
+        if not could_be_id(user_id):
+            raise UserNotFound(user_id)
         with Session(self.engine) as s, s.begin():
             user = s.scalar(select(User).where(User.user_id == user_id).with_for_update())
             if user is None:
@@ -298,11 +352,26 @@ class Registry:
 
     # -- audit log ----------------------------------------------------------------------------
     def log_queries(self, rows: Iterable[tuple[str | None, str, float]]) -> None:
-        """Append (user id or None, outcome, latency ms) rows, all stamped now."""
+        """Append (user id or None, outcome, latency ms) rows, one per image, all stamped now."""
+        self._append(
+            {"user_id": u, "outcome": o, "latency_ms": float(ms), "images": 1, "detail": None}
+            for u, o, ms in rows
+        )
+
+    def log_refusal(
+        self, user_id: str | None, outcome: str, latency_ms: float, images: int, detail: str
+    ) -> None:
+        """Append the one summary row of a refused request (``images`` it carried, ``detail``:
+        error code and per-image outcomes; cut to DETAIL_MAX printable characters)."""
+        if user_id is not None and not could_be_id(user_id):
+            user_id = None
+        row = {"user_id": user_id, "outcome": outcome[:16], "latency_ms": float(latency_ms),
+               "images": int(images), "detail": _clean_detail(detail)}  # fmt: skip
+        self._append([row])
+
+    def _append(self, rows: Iterable[dict]) -> None:
         now = _now()
-        records = [
-            {"time": now, "user_id": u, "outcome": o, "latency_ms": float(ms)} for u, o, ms in rows
-        ]
+        records = [{"time": now, **r} for r in rows]
         if records:
             with self._audit_engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
@@ -310,10 +379,13 @@ class Registry:
                 conn.execute(QueryLog.__table__.insert(), records)
 
     def usage(self, user_id: str) -> dict[str, int]:
-        """How many logged images of each outcome carried ``user_id``."""
+        """How many logged images of each outcome carried ``user_id`` (a refused request counts
+        all its images under the id of its first refused image)."""
+        if not could_be_id(user_id):
+            return {}
         with Session(self.engine) as s:
             rows = s.execute(
-                select(QueryLog.outcome, func.count())
+                select(QueryLog.outcome, func.sum(QueryLog.images))
                 .where(QueryLog.user_id == user_id)
                 .group_by(QueryLog.outcome)
             ).all()
@@ -323,4 +395,12 @@ class Registry:
         """The newest ``limit`` audit rows, newest first."""
         with Session(self.engine) as s:
             rows = s.scalars(select(QueryLog).order_by(QueryLog.id.desc()).limit(limit)).all()
-            return [AuditRow(_aware(r.time), r.user_id, r.outcome, r.latency_ms) for r in rows]
+            return [
+                AuditRow(_aware(r.time), r.user_id, r.outcome, r.latency_ms, r.images, r.detail)
+                for r in rows
+            ]
+
+    def count_audit(self) -> int:
+        """How many audit rows there are."""
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.count()).select_from(QueryLog)) or 0)

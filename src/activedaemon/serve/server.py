@@ -12,13 +12,20 @@ from activedaemon.serve.gate import Gatekeeper, Limits
 log = logging.getLogger(__name__)
 ADMIN_KEY_ENV = "ACTIVEDAEMON_ADMIN_KEY"
 MASTER_KEY_ENV = "ACTIVEDAEMON_MASTER_KEY"
+DB_URL_ENV = "ACTIVEDAEMON_DB_URL"
+DEFAULT_DB_URL = "sqlite:///activedaemon-users.db"
 MIN_SECRET_CHARS = 16
 
 
+def _first_line(path: str | Path) -> str:
+    lines = Path(path).expanduser().read_text().splitlines()
+    return lines[0].strip() if lines else ""
+
+
 def read_secret(env: str, path: str | Path | None, what: str) -> str:
-    """A secret from a file (first line) or the environment; ValueError if missing or short."""
+    """A secret from a file (its first line) or the environment; ValueError if missing or short."""
     if path is not None:
-        secret = Path(path).expanduser().read_text().strip()
+        secret = _first_line(path)
         source = f"the file {path}"
     else:
         secret = os.environ.get(env, "").strip()
@@ -31,6 +38,28 @@ def read_secret(env: str, path: str | Path | None, what: str) -> str:
     if len(secret) < MIN_SECRET_CHARS:
         raise ValueError(f"the {what} from {source} is shorter than {MIN_SECRET_CHARS} characters")
     return secret
+
+
+def resolve_db_url(flag: str | None, path: str | Path | None) -> str:
+    """The registry URL from ``--db-file`` (first line), else $ACTIVEDAEMON_DB_URL, else ``--db``,
+    else the default SQLite file. A URL with a password belongs in the file or the variable: a
+    command line is visible to every local user in ``ps``."""
+    if path is not None:
+        url = _first_line(path)
+        if not url:
+            raise ValueError(f"the file {path} holds no registry URL on its first line")
+        return url
+    if os.environ.get(DB_URL_ENV, "").strip():
+        return os.environ[DB_URL_ENV].strip()
+    if flag is None:
+        return DEFAULT_DB_URL
+    from sqlalchemy.engine import make_url
+
+    if make_url(flag).password:
+        log.warning(
+            "the --db URL holds a password, visible in ps: use $%s or --db-file", DB_URL_ENV
+        )
+    return flag
 
 
 def build_gatekeeper(
