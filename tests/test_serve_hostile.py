@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from sqlalchemy import create_engine, text
 from sqlalchemy import exc as sa_exc
 
 from activedaemon.cli import main
@@ -349,3 +350,114 @@ def test_users_list_escapes_terminal_control_codes(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out
     assert out.strip().endswith("evil\\x1b[2J\\x1b]0;owned\\x07\\r\\n")
+
+
+# -- credentials, the audit log, revocation ----------------------------------------------------
+MASTER = b"hostile-master-secret-0123456789"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_old_credentials_fail_after_a_registry_reset(db_url, tiny_protected, generator, test_images,
+                                                     tmp_path):  # fmt: skip
+    from activedaemon.client import Client
+    from activedaemon.serve.authid import AuthIdScheme
+    from activedaemon.serve.registry import sqlite_url
+
+    scheme = AuthIdScheme(user_bits=20)
+    x = test_images[0][:4]
+    old = make_gate(db_url, tiny_protected, generator, scheme=scheme, master=MASTER)
+    info, credential = old.add_user(None, "revoked later")
+    old.registry.set_active(info.user_id, False)
+    assert info.number == 1
+    lifted = Client("http://unused", None, generator, credential=credential).authorize(x)
+    # The registry is reset (or an older backup restored): number 1 is issued again.
+    fresh = make_gate(sqlite_url(tmp_path / "reset.db"), tiny_protected, generator, scheme=scheme,
+                      master=MASTER)  # fmt: skip
+    assert fresh.registry.key_epoch != old.registry.key_epoch
+    new, new_credential = fresh.add_user(None, "new holder of number 1")
+    assert new.number == 1 and new_credential != credential
+    with TestClient(create_app(fresh, ADMIN_KEY)) as http:
+        assert_denied = post_images(http, lifted)
+        assert assert_denied.status_code == 403, assert_denied.text
+        row = fresh.registry.audit(1)[0]
+        assert (row.user_id, row.outcome) == (new.user_id, "bad_mac")  # the claimed user
+        user = Client("http://unused", None, generator, credential=new_credential)
+        user.http = http
+        assert {p["user_id"] for p in user.predict(x)} == {new.user_id}
+    # Two users registered in the same registry get unrelated keys, also for the same number.
+    a, b = fresh.registry.add_user(), fresh.registry.add_user()
+    assert a.key_salt != b.key_salt and fresh.user_key(a) != fresh.user_key(b)
+
+
+def _service_role_url(owner_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(owner_url).set(username="activedaemon_svc", password="activedaemon_svc")
+
+
+def test_audit_log_is_append_only(db_url):
+    from activedaemon.serve.registry import Registry
+
+    registry = Registry(db_url)
+    registry.log_queries([("abcdefgh", "ok", 1.0), (None, "undecodable", 2.0)])
+    owner = registry.engine
+    tries = ["UPDATE query_log SET outcome = 'ok'", "DELETE FROM query_log"]
+    if registry.dialect == "sqlite":
+        tries += [
+            "INSERT OR REPLACE INTO query_log (id, time, outcome, latency_ms, images) "
+            "VALUES (1, CURRENT_TIMESTAMP, 'forged', 0, 1)",
+            "REPLACE INTO query_log (id, time, outcome, latency_ms, images) "
+            "VALUES (2, CURRENT_TIMESTAMP, 'forged', 0, 1)",
+        ]
+    else:
+        tries += ["TRUNCATE query_log"]
+    for sql in tries:
+        with pytest.raises(sa_exc.DBAPIError, match="append-only"), owner.begin() as conn:
+            conn.execute(text(sql))
+    assert [(a.user_id, a.outcome) for a in registry.audit()] == [
+        (None, "undecodable"), ("abcdefgh", "ok")]  # fmt: skip
+    if registry.dialect != "postgresql":
+        registry.close()
+        return
+    # PostgreSQL: the service runs as a role that owns nothing and may only append.
+    service_url = _service_role_url(db_url)
+    try:
+        create_engine(service_url).connect().close()
+    except sa_exc.OperationalError:
+        pytest.skip("PostgreSQL role activedaemon_svc missing (.ci/postgres.sh makes it)")
+    registry.grant_service_role("activedaemon_svc")
+    service = Registry(service_url.render_as_string(hide_password=False))
+    user = service.add_user(None, "via service role")
+    service.set_active(user.user_id, False)
+    service.log_queries([(user.user_id, "ok", 1.0)])
+    assert service.usage(user.user_id) == {"ok": 1} and len(service.audit()) == 3
+    for sql in [*tries, "ALTER TABLE query_log DISABLE TRIGGER ALL",
+                "DROP TRIGGER query_log_append_only ON query_log", "DROP TABLE query_log",
+                "ALTER TABLE query_log OWNER TO activedaemon_svc"]:  # fmt: skip
+        with pytest.raises(sa_exc.DBAPIError), service.engine.begin() as conn:
+            conn.execute(text(sql))
+    assert len(registry.audit()) == 3
+    service.close()
+    registry.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_revoke_while_the_model_runs_refuses_the_answer(db_url, tiny_protected, generator,
+                                                       test_images):  # fmt: skip
+    gate = make_gate(db_url, tiny_protected, generator)
+    uid = gate.registry.add_user().user_id
+    authorized = generator.embed(test_images[0][:4], uid)
+    model = gate.model
+
+    def revoked_mid_forward(images):  # the owner's revoke returns while this batch is in the model
+        gate.registry.set_active(uid, False)
+        return model(images)
+
+    with TestClient(create_app(gate, ADMIN_KEY)) as client:
+        assert post_images(client, authorized).status_code == 200
+        gate.model = revoked_mid_forward
+        r = post_images(client, authorized)
+        assert (r.status_code, r.json()["reason"]) == (403, FORBIDDEN_REASON), r.text
+    rows = [(a.user_id, a.outcome, a.images) for a in gate.registry.audit(2)]
+    assert rows == [(uid, "revoked", 4), (uid, "ok", 1)]
+    gate.registry.close()

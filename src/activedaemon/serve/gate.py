@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from activedaemon.serve.authid import AuthIdScheme, Credential, user_key
+from activedaemon.serve.authid import (
+    AuthIdScheme,
+    Credential,
+    stretch_master,
+    user_key,
+    user_key_v2,
+)
 from activedaemon.serve.registry import Registry, UserInfo
 from activedaemon.tokens import TokenGenerator
 
@@ -141,6 +147,7 @@ class Gatekeeper:
         self.class_names = list(class_names)
         self.limits = limits or Limits()
         self.scheme, self._master = scheme, master
+        self._stretched = None if master is None else stretch_master(master, registry.key_epoch)
         self._lock = threading.Lock()  # 2 forward passes at once only fight over the cores
 
     def describe_ids(self) -> str:
@@ -154,8 +161,15 @@ class Gatekeeper:
         if info.number > self.scheme.max_users:
             self.registry.set_active(info.user_id, False)
             raise ValueError(f"this layout holds {self.scheme.max_users} users; use more user bits")
-        key = user_key(self._master, info.number)
-        return info, str(Credential(info.number, key, self.scheme))
+        return info, str(Credential(info.number, self.user_key(info), self.scheme))
+
+    def user_key(self, user: UserInfo) -> bytes:
+        """The user's MAC key: salted, under this registry's epoch (v2), or the v1 key of a user
+        registered before salts existed."""
+        if user.key_salt is None:
+            return user_key(self._master, user.number)
+        salt = bytes.fromhex(user.key_salt)
+        return user_key_v2(self._stretched, self.registry.key_epoch, user.number, salt)
 
     # -- the query path -----------------------------------------------------------------------
     def identify_users(
@@ -188,7 +202,7 @@ class Gatekeeper:
             elif user is None:
                 users.append(None)
                 outcomes.append("unknown")
-            elif self.scheme.verify(message, self._master, image) != number:
+            elif not self.scheme.verify_key(message, self.user_key(user), image):
                 users.append(None)
                 outcomes.append("bad_mac")
             else:

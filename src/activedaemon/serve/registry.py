@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -56,6 +57,10 @@ class User(Base):
     status: Mapped[str] = mapped_column(String(8), default=ACTIVE)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Since version 4: a random salt per user (hex) that goes into the user's authenticated-id
+    # key, so that a number issued again (registry reset, old backup) gets another key. NULL for
+    # users registered before version 4 (their keys stay HMAC(master, number)).
+    key_salt: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class QueryLog(Base):
@@ -125,13 +130,58 @@ def _m3_audit_summary(conn: Connection) -> None:
     )
 
 
+def _m4_key_salts(conn: Connection) -> None:
+    """A salt per user and a random key epoch per registry, both in the key derivation."""
+    _add_columns(conn, "users", {"key_salt": "VARCHAR(64)"})
+    conn.execute(
+        text("CREATE TABLE IF NOT EXISTS registry_meta (name VARCHAR(32) PRIMARY KEY, "
+             "value VARCHAR(200) NOT NULL)")
+    )  # fmt: skip
+    have = conn.execute(text("SELECT 1 FROM registry_meta WHERE name = 'key_epoch'")).first()
+    if have is None:
+        conn.execute(
+            text("INSERT INTO registry_meta (name, value) VALUES ('key_epoch', :v)"),
+            {"v": secrets.token_hex(16)},
+        )
+
+
+def _m5_audit_insert_only(conn: Connection) -> None:
+    """Close what step 2 left open. SQLite: INSERT OR REPLACE deleted the old row without firing
+    the DELETE trigger; an insert that names an existing row id is now refused. PostgreSQL:
+    TRUNCATE is refused by a trigger too (insert-only grants for the service's own role, which
+    must not own the tables, are :meth:`Registry.grant_service_role`)."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(
+            text(
+                "CREATE TRIGGER IF NOT EXISTS query_log_no_replace BEFORE INSERT ON query_log "
+                "WHEN EXISTS (SELECT 1 FROM query_log WHERE id = NEW.id) "
+                "BEGIN SELECT RAISE(ABORT, 'query_log is append-only'); END"
+            )
+        )
+    elif conn.dialect.name == "postgresql":
+        conn.execute(text("DROP TRIGGER IF EXISTS query_log_no_truncate ON query_log"))
+        conn.execute(
+            text(
+                "CREATE TRIGGER query_log_no_truncate BEFORE TRUNCATE ON query_log "
+                "FOR EACH STATEMENT EXECUTE FUNCTION query_log_append_only()"
+            )
+        )
+
+
 # Step i brings the schema from version i to i + 1; append new steps, never edit old ones.
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1_tables, _m2_append_only, _m3_audit_summary]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _m1_tables,
+    _m2_append_only,
+    _m3_audit_summary,
+    _m4_key_salts,
+    _m5_audit_insert_only,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def schema_version(conn: Connection) -> int:
-    conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+    if not inspect(conn).has_table("schema_version"):  # a role without CREATE can still read
+        conn.execute(text("CREATE TABLE schema_version (version INTEGER NOT NULL)"))
     row = conn.execute(text("SELECT max(version) FROM schema_version")).scalar()
     return int(row or 0)
 
@@ -173,6 +223,7 @@ class UserInfo:
     status: str
     created_at: datetime
     revoked_at: datetime | None
+    key_salt: str | None = None  # hex; goes into the user's authenticated-id key (not shown)
 
     @property
     def active(self) -> bool:
@@ -233,7 +284,13 @@ def _aware(t: datetime | None) -> datetime | None:
 
 def _info(u: User) -> UserInfo:
     return UserInfo(
-        u.user_id, u.number, u.name, u.status, _aware(u.created_at), _aware(u.revoked_at)
+        u.user_id,
+        u.number,
+        u.name,
+        u.status,
+        _aware(u.created_at),
+        _aware(u.revoked_at),
+        u.key_salt,
     )
 
 
@@ -275,10 +332,33 @@ class Registry:
         sqlite = self.engine.dialect.name == "sqlite"
         self._audit_engine = _engine(url, "NORMAL") if sqlite else self.engine
         self._lock = threading.Lock()  # serialises user creation (numbers, random ids)
+        with self.engine.connect() as conn:
+            epoch = conn.execute(text("SELECT value FROM registry_meta WHERE name = 'key_epoch'"))
+            self.key_epoch = bytes.fromhex(epoch.scalar_one())  # random, made with the registry
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    def grant_service_role(self, role: str) -> None:
+        """PostgreSQL, run as the tables' owner: let ``role`` (an existing login role that owns
+        nothing here) run the service and nothing more: read and add users, change their status,
+        read and *append* audit rows. It cannot update, delete or truncate audit rows, nor drop
+        or disable the triggers (only an owner can), nor change the schema."""
+        if self.dialect != "postgresql":
+            raise ValueError("roles and grants exist on PostgreSQL only")
+        if not role.replace("_", "").isalnum():
+            raise ValueError(f"a role name is letters, digits and _; got {role!r}")
+        with self.engine.begin() as conn:
+            schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+            for sql in (
+                f'GRANT USAGE ON SCHEMA "{schema}" TO {role}',
+                f"GRANT SELECT ON schema_version, registry_meta TO {role}",
+                f"GRANT SELECT, INSERT, UPDATE ON users TO {role}",
+                f"GRANT SELECT, INSERT ON query_log TO {role}",
+                f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role}',
+            ):
+                conn.execute(text(sql))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -298,7 +378,13 @@ class Registry:
                 uid = user_id if user_id is not None else random_user_id(rng)
                 try:
                     with Session(self.engine) as s, s.begin():
-                        user = User(user_id=uid, name=name, status=ACTIVE, created_at=_now())
+                        user = User(
+                            user_id=uid,
+                            name=name,
+                            status=ACTIVE,
+                            created_at=_now(),
+                            key_salt=secrets.token_hex(16),
+                        )
                         s.add(user)
                         s.flush()
                         info = _info(user)
