@@ -7,6 +7,7 @@ body or raises :class:`ApiError`, and audits every image either way.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from activedaemon.serve.authid import (
     user_key,
     user_key_v2,
 )
+from activedaemon.serve.policy import TokenBuckets, retry_after
 from activedaemon.serve.registry import Registry, UserInfo
 from activedaemon.tokens import TokenGenerator
 
@@ -43,7 +45,7 @@ class ApiError(Exception):
     """A client-visible failure: HTTP status, short error code, and the reason in words.
 
     ``audit`` optionally carries what the audit log should record for the refused request:
-    (user id or None, outcome, detail)."""
+    (user id or None, outcome, detail); ``headers`` extra response headers (Retry-After)."""
 
     def __init__(
         self,
@@ -51,9 +53,11 @@ class ApiError(Exception):
         error: str,
         reason: str,
         audit: tuple[str | None, str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(reason)
         self.status, self.error, self.reason, self.audit = status, error, reason, audit
+        self.headers = headers
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ class Gatekeeper:
         limits: Limits | None = None,
         scheme: AuthIdScheme | None = None,
         master: bytes | None = None,
+        user_quota: TokenBuckets | None = None,
     ) -> None:
         if (scheme is None) != (master is None):
             raise ValueError("authenticated ids need both a scheme and the master secret")
@@ -148,6 +153,7 @@ class Gatekeeper:
         self.limits = limits or Limits()
         self.scheme, self._master = scheme, master
         self._stretched = None if master is None else stretch_master(master, registry.key_epoch)
+        self.user_quota = user_quota  # answered images a second per user (None: no quota)
         self._lock = threading.Lock()  # 2 forward passes at once only fight over the cores
 
     def describe_ids(self) -> str:
@@ -210,28 +216,73 @@ class Gatekeeper:
                 outcomes.append(_status(user))
         return users, outcomes, named
 
-    def answer(self, blobs: list[bytes], started: float | None = None) -> dict:
-        """The /v1/predict body for these uploads, or ApiError. Answered images are audited here
-        (one row each) before the answer is returned; a refusal carries its one summary row in
-        ``ApiError.audit`` for the caller to write (:meth:`audit_refusal`)."""
-        started = time.perf_counter() if started is None else started
+    def decode_images(self, blobs: list[bytes]) -> torch.Tensor:
+        """The uploads as one (N, C, H, W) tensor, or ApiError for the first bad one."""
         size, channels = self.generator.arch.image_size, self.generator.arch.channels
-        images = torch.stack(
+        return torch.stack(
             [decode_upload(b, i, channels, size, self.limits) for i, b in enumerate(blobs)]
         )
+
+    def answer(self, blobs: list[bytes], started: float | None = None) -> dict:
+        """The /v1/predict body for these uploads, or ApiError; one request at a time (the
+        service batches concurrent requests with :meth:`answer_batch` instead)."""
+        started = time.perf_counter() if started is None else started
+        images = self.decode_images(blobs)
         with self._lock:
-            users, outcomes, named = self.identify_users(images)
-        self._refuse_unless_ok(outcomes, named)
-        with self._lock, torch.inference_mode():
-            probs = torch.softmax(self.model(images), dim=1)
+            result = self.answer_batch([images], [started])[0]
+        if isinstance(result, ApiError):
+            raise result
+        return result
+
+    def answer_batch(self, requests: list[torch.Tensor], started: list[float]) -> list:
+        """Answer several requests' decoded images with one decoder pass, one registry lookup,
+        one classifier pass and one audit write: per request its /v1/predict body, or the
+        ApiError that refuses it. Each request is judged on its own images only: a refused image
+        refuses its own request and no other. Answered images are audited (one row each) before
+        this returns; a refusal carries its one summary row in ``ApiError.audit`` for the caller
+        to write (:meth:`audit_refusal`)."""
+        sizes = [len(x) for x in requests]
+        images = torch.cat(requests)
+        users, outcomes, named = self.identify_users(images)
+        results: list = [None] * len(requests)
+        spans = [(a - n, a) for n, a in zip(sizes, itertools.accumulate(sizes), strict=True)]
+        for r, (a, b) in enumerate(spans):
+            try:
+                self._refuse_unless_ok(outcomes[a:b], named[a:b])
+                self._charge_quota(users[a:b])
+            except ApiError as e:
+                results[r] = e
+        todo = [r for r, res in enumerate(results) if res is None]
+        if not todo:
+            return results
+        rows = torch.cat([torch.arange(*spans[r]) for r in todo])
+        with torch.inference_mode():
+            probs = torch.softmax(self.model(images[rows]), dim=1)
         # Revocation is re-checked after the forward pass, just before answering: a revoke that
         # returned while this request was in the model refuses it.
-        fresh = {u.number: u for u in self.registry.users(numbers=[u.number for u in users])}
-        outcomes = [_status(fresh[u.number]) if u.number in fresh else "unknown" for u in users]
-        self._refuse_unless_ok(outcomes, named)
+        numbers = [users[i].number for i in rows.tolist()]
+        fresh = {u.number: u for u in self.registry.users(numbers=numbers)}
+        answers, audit, at = {}, [], 0
+        for r in todo:
+            a, b = spans[r]
+            mine, p = users[a:b], probs[at : at + b - a]
+            at += b - a
+            now = [_status(fresh[u.number]) if u.number in fresh else "unknown" for u in mine]
+            try:
+                self._refuse_unless_ok(now, named[a:b])
+            except ApiError as e:
+                results[r] = e
+                continue
+            ms = 1000 * (time.perf_counter() - started[r])
+            audit += [(u.user_id, "ok", ms) for u in mine]
+            answers[r] = self._body(mine, p)
+        self.registry.log_queries(audit)  # before any answer leaves
+        for r, body in answers.items():
+            results[r] = body
+        return results
+
+    def _body(self, users: list[UserInfo], probs: torch.Tensor) -> dict:
         labels = probs.argmax(1).tolist()
-        ms = 1000 * (time.perf_counter() - started)
-        self.registry.log_queries((u.user_id, "ok", ms) for u in users)
         return {
             "predictions": [
                 {
@@ -243,6 +294,21 @@ class Gatekeeper:
                 for u, y, row in zip(users, labels, probs, strict=True)
             ]
         }
+
+    def _charge_quota(self, users: list[UserInfo]) -> None:
+        """429 unless each user of the request has the quota for their images."""
+        if self.user_quota is None:
+            return
+        for uid, n in Counter(u.user_id for u in users).items():
+            wait = self.user_quota.take(uid, n)
+            if wait:
+                raise ApiError(
+                    429,
+                    "rate_limited",
+                    f"user {uid} is over their quota; retry in {retry_after(wait)} s",
+                    audit=(uid, "rate_limited", f"user quota; {n} images"),
+                    headers={"Retry-After": retry_after(wait)},
+                )
 
     @staticmethod
     def _refuse_unless_ok(outcomes: list[str], named: list[str | None]) -> None:
@@ -260,17 +326,26 @@ class Gatekeeper:
         self, started: float, images: int, status: int, error: str, audit=None
     ) -> None:
         """The one audit row of a refused /v1/predict request: the gate's detail when it got
-        that far, else the HTTP status and error code (outcome ``bad_input``, ``too_large``,
-        ``rate_limited``, ``unavailable`` or ``error``)."""
+        that far, else the HTTP status and error code (:func:`refusal_outcome`)."""
         ms = 1000 * (time.perf_counter() - started)
         if audit is None:
-            outcome = REFUSAL_OUTCOMES.get(status, "error" if status >= 500 else "bad_input")
-            audit = (None, outcome, f"{status} {error}")
+            audit = (None, refusal_outcome(status, error), f"{status} {error}")
         user_id, outcome, detail = audit
         self.registry.log_refusal(user_id, outcome, ms, images, detail)
 
 
-REFUSAL_OUTCOMES = {413: "too_large", 429: "rate_limited", 503: "unavailable"}
+REFUSAL_OUTCOMES = {"busy": "busy", "request_timeout": "timeout", "rate_limited": "rate_limited"}
+
+
+def refusal_outcome(status: int, error: str) -> str:
+    """The audit outcome of a refusal that did not get as far as the gate's verdict."""
+    if error in REFUSAL_OUTCOMES:
+        return REFUSAL_OUTCOMES[error]
+    if status == 413:
+        return "too_large"
+    if status == 503:
+        return "unavailable"
+    return "error" if status >= 500 else "bad_input"
 
 
 def _status(user: UserInfo) -> str:
