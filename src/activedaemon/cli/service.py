@@ -53,6 +53,45 @@ def add_parsers(sub) -> None:
     p.add_argument("--formats", default="png", choices=["png", "png,jpeg"],
                    help="image formats the server decodes (png; png,jpeg only for an encoder "
                    "trained with JPEG noise)")  # fmt: skip
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="dynamic batching: wait up to this long for concurrent queries to share "
+        "a pass (2; 0 with --max-batch-images 1: one query at a time)",
+    )
+    p.add_argument(
+        "--max-batch-images",
+        type=positive_int,
+        default=64,
+        help="images per decoder / classifier pass (64)",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=32,
+        help="queries in flight at once; more get 503 (32; 0: no cap)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a query may take to upload its body; else 408 (30; 0: none)",
+    )
+    p.add_argument(
+        "--client-rate",
+        type=float,
+        default=200.0,
+        help="images a second per client address (200; 0: no quota)",
+    )
+    p.add_argument("--client-burst", type=float, default=512.0, help="client quota burst (512)")
+    p.add_argument(
+        "--user-rate",
+        type=float,
+        default=100.0,
+        help="answered images a second per user (100; 0: no quota)",
+    )
+    p.add_argument("--user-burst", type=float, default=256.0, help="user quota burst (256)")
     p.add_argument("--auth-ids", action="store_true",
                    help="authenticated ids: tokens carry a user number + HMAC under a per-user "
                    "key derived from the master secret ($ACTIVEDAEMON_MASTER_KEY or "
@@ -136,6 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
     from activedaemon.serve.gate import Limits
+    from activedaemon.serve.policy import ServiceSettings
     from activedaemon.serve.server import (
         ADMIN_KEY_ENV,
         build_gatekeeper,
@@ -149,6 +189,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     scheme, master = auth_scheme(args)
     formats = tuple(f.upper() for f in args.formats.split(","))
     limits = Limits(args.max_images, args.max_bytes, args.max_pixels, formats)
+    settings = ServiceSettings(
+        batching=not args.no_batching,
+        batch_wait_ms=args.batch_wait_ms,
+        max_batch_images=args.max_batch_images,
+        max_inflight=args.max_inflight,
+        body_timeout_s=args.body_timeout,
+        client_images_per_s=args.client_rate or None,
+        client_burst=args.client_burst,
+        user_images_per_s=args.user_rate or None,
+        user_burst=args.user_burst,
+    )
     gate = build_gatekeeper(
         args.model,
         args.encoder,
@@ -157,8 +208,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         scheme=scheme,
         master=master,
         force_encoder=args.force_encoder,
+        user_quota=settings.user_quota(),
     )
-    serve(gate, admin_key, args.host, args.port)
+    serve(gate, admin_key, args.host, args.port, settings)
     return 0
 
 

@@ -300,7 +300,7 @@ def create_app(
     registry = gate.registry
     metrics = Metrics()
     batcher = None
-    if settings.batch_wait_ms > 0 or settings.max_batch_images > 1:
+    if settings.batching:
         batcher = Batcher(gate, settings.batch_wait_ms, settings.max_batch_images, metrics.batch)
 
     @contextlib.asynccontextmanager

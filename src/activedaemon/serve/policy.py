@@ -69,7 +69,8 @@ class ServiceSettings:
     """How one server process bounds its work. ``None`` or 0 turns a bound off."""
 
     # Dynamic batching: requests that arrive within ``batch_wait_ms`` of each other share one
-    # decoder and one classifier pass of up to ``max_batch_images``; 0 answers one at a time.
+    # decoder and one classifier pass of up to ``max_batch_images``. Off: one request at a time.
+    batching: bool = True
     batch_wait_ms: float = 2.0
     max_batch_images: int = 64
     # POST /v1/predict requests in flight at once (reading, waiting, running); more get 503.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from activedaemon.serve.authid import AuthIdScheme
 from activedaemon.serve.gate import Gatekeeper, Limits
+from activedaemon.serve.policy import ServiceSettings, TokenBuckets
 
 log = logging.getLogger(__name__)
 ADMIN_KEY_ENV = "ACTIVEDAEMON_ADMIN_KEY"
@@ -71,6 +72,7 @@ def build_gatekeeper(
     scheme: AuthIdScheme | None = None,
     master: bytes | None = None,
     force_encoder: bool = False,
+    user_quota: TokenBuckets | None = None,
 ) -> Gatekeeper:
     """Load the protected classifier, the token decoder (default: the encoder on the model's
     card; another one is refused) and the registry."""
@@ -80,12 +82,17 @@ def build_gatekeeper(
     model, generator = load_protected(model_run, encoder, force=force_encoder)
     card = model.card
     names = card.get("class_names") or [str(i) for i in range(card["num_classes"])]
-    return Gatekeeper(
-        generator, model, Registry(db_url), names, limits=limits, scheme=scheme, master=master
-    )
+    return Gatekeeper(generator, model, Registry(db_url), names, limits=limits, scheme=scheme,
+                      master=master, user_quota=user_quota)  # fmt: skip
 
 
-def serve(gate: Gatekeeper, admin_key: str, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    gate: Gatekeeper,
+    admin_key: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServiceSettings | None = None,
+) -> None:
     """Run the service until interrupted (uvicorn, one process)."""
     import uvicorn
 
@@ -93,4 +100,5 @@ def serve(gate: Gatekeeper, admin_key: str, host: str = "127.0.0.1", port: int =
 
     ids, dialect = gate.describe_ids(), gate.registry.dialect
     log.info("serving on http://%s:%d (%s, registry %s)", host, port, ids, dialect)
-    uvicorn.run(create_app(gate, admin_key), host=host, port=port, log_level="info")
+    app = create_app(gate, admin_key, settings)
+    uvicorn.run(app, host=host, port=port, log_level="info")
