@@ -185,10 +185,12 @@ PREDICT_PATH = "/v1/predict"
 DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
-def failure_response(e: Exception, metrics: Metrics | None = None) -> JSONResponse:
-    """503 for a registry that cannot be reached, else 500; the reason never holds the error."""
-    if isinstance(e, DB_ERRORS):
-        log.error("registry unavailable: %s", type(e).__name__)
+def failure_response(e: Exception | None, metrics: Metrics | None = None) -> JSONResponse:
+    """503 for a registry that cannot be reached (``e`` None: known already), else 500; the
+    reason never holds the error."""
+    if e is None or isinstance(e, DB_ERRORS):
+        if e is not None:
+            log.error("registry unavailable: %s", type(e).__name__)
         if metrics is not None:
             metrics.registry_errors.inc()
         response = _json_error(503, "registry_unavailable", "the user registry is unreachable; "
@@ -241,9 +243,13 @@ class Guard:
                 return await send(message)
             held.append(message)
             if message["type"] == "http.response.body" and not message.get("more_body"):
-                await self._audit(held, state, started)
-                for m in held:
-                    await send(m)
+                if await self._audit(held, state, started):
+                    for m in held:
+                        await send(m)
+                else:  # no refusal leaves unaudited: while the log is unwritable, all get 503
+                    state["audited"] = True
+                    unavailable = failure_response(None)
+                    await unavailable(scope, receive, send)
                 held.clear()
 
         limit = self.settings.max_inflight
@@ -272,7 +278,8 @@ class Guard:
             self.metrics.inflight.dec()
             self.metrics.latency.observe(time.perf_counter() - started)
 
-    async def _audit(self, held: list[dict], state: dict, started: float) -> None:
+    async def _audit(self, held: list[dict], state: dict, started: float) -> bool:
+        """Write the refusal's one audit row; False when the registry cannot take it."""
         status = next(m["status"] for m in held if m["type"] == "http.response.start")
         body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
         try:
@@ -280,12 +287,16 @@ class Guard:
         except (ValueError, AttributeError):
             error = ""
         audit = state.get("audit")
-        self.metrics.requests.labels(audit[1] if audit else refusal_outcome(status, error)).inc()
         try:
             await run_in_threadpool(self.gate.audit_refusal, started, state.get("images", 0),
                                     status, error, audit)  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - the registry is down: the refusal is logged here
+        except Exception as e:  # noqa: BLE001 - the registry is down: say so, in the log too
             log.error("refused query (%d %s) not audited: %s", status, error, type(e).__name__)
+            self.metrics.registry_errors.inc()
+            self.metrics.requests.labels("unavailable").inc()
+            return False
+        self.metrics.requests.labels(audit[1] if audit else refusal_outcome(status, error)).inc()
+        return True
 
 
 def create_app(
