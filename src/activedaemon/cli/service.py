@@ -57,8 +57,10 @@ def add_parsers(sub) -> None:
         "--batch-wait-ms",
         type=float,
         default=2.0,
-        help="dynamic batching: wait up to this long for concurrent queries to share "
-        "a pass (2; 0 with --max-batch-images 1: one query at a time)",
+        help="dynamic batching: wait up to this long for concurrent queries to share a pass (2)",
+    )
+    p.add_argument(
+        "--no-batching", action="store_true", help="answer one query at a time (no batching)"
     )
     p.add_argument(
         "--max-batch-images",
