@@ -83,10 +83,10 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--client-rate",
         type=float,
-        default=200.0,
-        help="images a second per client address (200; 0: no quota)",
+        default=100.0,
+        help="images a second per client address (100; 0: no quota)",
     )
-    p.add_argument("--client-burst", type=float, default=512.0, help="client quota burst (512)")
+    p.add_argument("--client-burst", type=float, default=256.0, help="client quota burst (256)")
     p.add_argument(
         "--user-rate",
         type=float,
