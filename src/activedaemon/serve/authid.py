@@ -82,13 +82,19 @@ def image_hash(images: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
     the grey image -> (bits (N, bits) bool, margins (N, bits) = |coefficient|). Images (N, C, H, W)
     in [0, 1]; a coarse hash, so that the token (fine, high-frequency) and mild JPEG rarely flip it.
     """
+    picked = hash_coefficients(images, bits)
+    return picked > 0, picked.abs()
+
+
+def hash_coefficients(images: torch.Tensor, bits: int) -> torch.Tensor:
+    """The (N, bits) signed DCT coefficients whose signs are :func:`image_hash` (linear in the
+    image, so differentiable: the nudge attack in benchmarks/authid_tradeoff.py uses that)."""
     if not 1 <= bits <= len(_ZIGZAG):
         raise ValueError(f"hash bits must be in 1..{len(_ZIGZAG)}, got {bits}")
     grey = images.float().mean(1, keepdim=True)
     blocks = F.adaptive_avg_pool2d(grey, HASH_GRID)[:, 0]  # (N, 8, 8)
     coef = _DCT @ blocks @ _DCT.T
-    picked = torch.stack([coef[:, i, j] for i, j in _ZIGZAG[:bits]], dim=1)
-    return picked > 0, picked.abs()
+    return torch.stack([coef[:, i, j] for i, j in _ZIGZAG[:bits]], dim=1)
 
 
 def _bits_to_bytes(bits: torch.Tensor) -> bytes:
