@@ -43,6 +43,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--db-file", help="file whose first line is the registry URL (before "
                    "$ACTIVEDAEMON_DB_URL, before --db)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="server processes sharing the port and the registry (1); quotas and "
+                   "metrics are per process")  # fmt: skip
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--admin-key-file", help="file holding the admin key (else the env variable)")
     p.add_argument(
@@ -173,9 +176,11 @@ def auth_scheme(args: argparse.Namespace):
     return scheme, master.encode()
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
+SERVE_ARGS_ENV = "ACTIVEDAEMON_SERVE_ARGS"
 
+
+def build_service(args: argparse.Namespace):
+    """(gate, admin key, settings) from the `serve` arguments: what each server process runs."""
     from activedaemon.serve.gate import Limits
     from activedaemon.serve.policy import ServiceSettings
     from activedaemon.serve.server import (
@@ -183,10 +188,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         build_gatekeeper,
         read_secret,
         resolve_db_url,
-        serve,
     )
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     admin_key = read_secret(ADMIN_KEY_ENV, args.admin_key_file, "admin key")
     scheme, master = auth_scheme(args)
     formats = tuple(f.upper() for f in args.formats.split(","))
@@ -212,6 +215,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
         force_encoder=args.force_encoder,
         user_quota=settings.user_quota(),
     )
+    return gate, admin_key, settings
+
+
+def worker_app():
+    """uvicorn's app factory in each `serve --workers N` process: the parent's arguments come
+    through the environment (no secrets: those are read again from their variable or file)."""
+    import json
+    import logging
+    import os
+
+    from activedaemon.serve.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    gate, admin_key, settings = build_service(
+        argparse.Namespace(**json.loads(os.environ[SERVE_ARGS_ENV]))
+    )
+    return create_app(gate, admin_key, settings)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from activedaemon.serve.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.workers > 1:
+        import json
+        import os
+
+        import uvicorn
+
+        from activedaemon.serve.registry import Registry
+        from activedaemon.serve.server import ADMIN_KEY_ENV, read_secret, resolve_db_url
+
+        read_secret(ADMIN_KEY_ENV, args.admin_key_file, "admin key")  # refuse early
+        auth_scheme(args)
+        Registry(resolve_db_url(args.db, args.db_file)).close()  # migrate once, not N times
+        fields = {k: v for k, v in vars(args).items() if k != "func"}
+        os.environ[SERVE_ARGS_ENV] = json.dumps(fields, default=str)
+        uvicorn.run("activedaemon.cli.service:worker_app", factory=True, workers=args.workers,
+                    host=args.host, port=args.port, log_level="info")  # fmt: skip
+        return 0
+    gate, admin_key, settings = build_service(args)
     serve(gate, admin_key, args.host, args.port, settings)
     return 0
 
