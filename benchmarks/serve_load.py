@@ -15,6 +15,11 @@ back to back:
    that each send ``--flood-batch`` clean images per request and ignore 429s; the user's p50 in
    both, and what the flooders got.
 
+3. with ``--outage-seconds S`` and a PostgreSQL URL (``--pg-url`` or $ACTIVEDAEMON_TEST_PG_URL):
+   batching, quotas off, the registry in a fresh schema behind a TCP proxy that is stopped for
+   the middle third of S seconds: answers by status (500s must be 0; 503 while the database is
+   away) and the audit check after it returns.
+
 Figures are printed side by side with their ratios (same run, same machine); the clients share
 the machine's cores with the server.
 """
@@ -54,16 +59,18 @@ def free_port() -> int:
 
 
 class Server:
-    """`activedaemon serve` in a subprocess with a fresh SQLite registry and one user."""
+    """`activedaemon serve` in a subprocess with a fresh registry (SQLite unless ``db_url``)
+    and one user."""
 
-    def __init__(self, run: Path, encoder: str, tmp: Path, name: str, extra: list[str]) -> None:
+    def __init__(self, run: Path, encoder: str, tmp: Path, name: str, extra: list[str],
+                 db_url: str | None = None) -> None:  # fmt: skip
         self.key, self.port = secrets.token_urlsafe(24), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "ACTIVEDAEMON_ADMIN_KEY": self.key}
+        env = {**os.environ, "ACTIVEDAEMON_ADMIN_KEY": self.key,
+               "ACTIVEDAEMON_DB_URL": db_url or sqlite_url(tmp / f"{name}.db")}  # fmt: skip
         cmd = [sys.executable, "-m", "activedaemon.cli", "serve", "--model", str(run),
-               "--encoder", encoder, "--db", sqlite_url(tmp / f"{name}.db"), "--port",
-               str(self.port), *extra]  # fmt: skip
+               "--encoder", encoder, "--port", str(self.port), *extra]  # fmt: skip
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         for _ in range(600):
             if self.proc.poll() is not None:
@@ -145,6 +152,71 @@ async def flooding(server: Server, payloads, clean, args, flooders: int) -> tupl
     return summarise(user, seconds, 1), summarise(flood, seconds, args.flood_batch) if flood else {}
 
 
+async def outage(server: Server, payloads, args, proxy) -> tuple[dict, dict]:
+    """Load for ``--outage-seconds``; the proxy (the database) is down for the middle third."""
+    results: list = []
+    third = args.outage_seconds / 3
+    started = time.perf_counter()
+    deadline = started + args.outage_seconds
+
+    async def fault() -> dict:
+        await asyncio.sleep(third)
+        proxy.stop()
+        down = time.perf_counter()
+        await asyncio.sleep(third)
+        proxy.start()
+        return {"down_at": down - started, "up_at": time.perf_counter() - started}
+
+    *_, times = await asyncio.gather(
+        *(client_loop(server.url, payloads, 1, deadline, results) for _ in range(args.clients)),
+        fault(),
+    )  # fmt: skip
+    return summarise(results, time.perf_counter() - started, 1), times
+
+
+def pg_schema_url(base: str) -> tuple[str, str]:
+    """A fresh schema on the PostgreSQL server: (its URL, its name)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(base)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def run_outage(run: Path, gen, images, tmp: Path, args) -> dict:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.test_serve_faults import TcpProxy  # the tests' proxy: one implementation
+
+    url, schema = pg_schema_url(args.pg_url)
+    parsed = make_url(url)
+    proxy = TcpProxy((parsed.host, parsed.port or 5432))
+    proxy.start()
+    proxied = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    server = Server(run, args.encoder, tmp, "outage", ["--client-rate", "0", "--user-rate", "0",
+                    "--max-inflight", "0"], db_url=proxied)  # fmt: skip
+    try:
+        payloads = [png_bytes(x) for x in gen.embed(images, server.user)]
+        row, times = asyncio.run(outage(server, payloads, args, proxy))
+        row["audited_ok"] = server.usage().get("ok", 0)
+    finally:
+        server.stop()
+        proxy.stop()
+        engine = create_engine(args.pg_url)
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+    return {**row, **times}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20, help="per throughput mode")
@@ -157,7 +229,17 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--encoder", default="fashion-mnist-32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--outage-seconds",
+        type=float,
+        default=0,
+        help="also run the registry-outage scenario for this long (PostgreSQL)",
+    )
+    parser.add_argument("--pg-url", default=os.environ.get("ACTIVEDAEMON_TEST_PG_URL"))
+    parser.add_argument("--only-outage", action="store_true", help="skip scenarios 1 and 2")
     args = parser.parse_args()
+    if args.outage_seconds and not args.pg_url:
+        parser.error("--outage-seconds needs --pg-url or $ACTIVEDAEMON_TEST_PG_URL")
     torch.manual_seed(args.seed)
     gen = TokenGenerator.load(args.encoder)
     images = load_dataset(
@@ -166,28 +248,43 @@ def main() -> None:
     ).test.images  # fmt: skip
     clean = [png_bytes(x) for x in images]
     no_quota = ["--client-rate", "0", "--user-rate", "0", "--max-inflight", "0"]
-    rows = {}
+    rows, fault = {}, None
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         run = Path(args.model) if args.model else write_untrained_run(tmp / "run", args.width, gen)
-        for mode, extra in (("one-at-a-time", ["--no-batching"]), ("batching", [])):
-            server = Server(run, args.encoder, tmp, mode, [*extra, *no_quota])
+        if not args.only_outage:
+            for mode, extra in (("one-at-a-time", ["--no-batching"]), ("batching", [])):
+                server = Server(run, args.encoder, tmp, mode, [*extra, *no_quota])
+                try:
+                    payloads = [png_bytes(x) for x in gen.embed(images, server.user)]
+                    rows[mode] = asyncio.run(throughput(server, payloads, args))
+                    rows[mode]["audited_ok"] = server.usage().get("ok", 0)
+                finally:
+                    server.stop()
+            # The default client quota; no user quota (a user sending back to back would hit it).
+            server = Server(run, args.encoder, tmp, "flood", ["--user-rate", "0"])
             try:
                 payloads = [png_bytes(x) for x in gen.embed(images, server.user)]
-                rows[mode] = asyncio.run(throughput(server, payloads, args))
-                rows[mode]["audited_ok"] = server.usage().get("ok", 0)
+                alone, _ = asyncio.run(flooding(server, payloads, clean, args, 0))
+                flooded, flood = asyncio.run(flooding(server, payloads, clean, args, args.flooders))
             finally:
                 server.stop()
-        # The default client quota; no user quota (a user sending back to back would hit it).
-        server = Server(run, args.encoder, tmp, "flood", ["--user-rate", "0"])
-        try:
-            payloads = [png_bytes(x) for x in gen.embed(images, server.user)]
-            alone, _ = asyncio.run(flooding(server, payloads, clean, args, 0))
-            flooded, flood = asyncio.run(flooding(server, payloads, clean, args, args.flooders))
-        finally:
-            server.stop()
+        if args.outage_seconds:
+            fault = run_outage(run, gen, images, tmp, args)
     what = args.model or f"untrained resnet18 width {args.width}"
     print(f"model {what}, encoder {args.encoder}, {os.cpu_count()} CPUs, seed {args.seed}")
+    if rows:
+        report(rows, alone, flooded, flood, args)
+    if fault:
+        print(f"registry outage: {args.clients} clients, {args.outage_seconds:.0f} s, batching, "
+              f"quotas off, PostgreSQL behind a proxy down from {fault['down_at']:.1f} s to "
+              f"{fault['up_at']:.1f} s")  # fmt: skip
+        print(f"answers by status {fault['statuses']}; 500s: {fault['statuses'].get(500, 0)}; "
+              f"answered images {fault['ok_images']}, audited ok {fault['audited_ok']} "
+              f"(unaudited: {fault['ok_images'] - fault['audited_ok']})")  # fmt: skip
+
+
+def report(rows: dict, alone: dict, flooded: dict, flood: dict, args) -> None:
     print(f"throughput: {args.clients} clients, batch {args.batch}, {args.seconds:.0f} s per mode,"
           " quotas off")  # fmt: skip
     print(f"{'mode':<15} {'requests':>8} {'req/s':>7} {'img/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
