@@ -69,7 +69,7 @@ class Batcher:
                 if left <= 0:
                     break
                 self._cv.wait(left)
-            batch, images = [self._queue.popleft()], 0
+            batch = [self._queue.popleft()]
             images = len(batch[0][0])
             while self._queue and images + len(self._queue[0][0]) <= self.max_images:
                 item = self._queue.popleft()
