@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Annotated
 
+import torch
 from fastapi import Depends, FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -390,7 +391,13 @@ def create_app(
                 answer = await run_in_threadpool(gate.answer, blobs, started)
             else:
                 batcher.start()
-                decoded = await run_in_threadpool(gate.decode_images, blobs)
+                decoded = await run_in_threadpool(gate.decode_images, blobs[:1])
+                if len(blobs) > 1:  # probe the first image before decoding the rest
+                    refusal = await batcher.probe(decoded, len(blobs))
+                    if refusal is not None:
+                        raise refusal
+                    rest = await run_in_threadpool(gate.decode_images, blobs[1:], 1)
+                    decoded = torch.cat([decoded, rest])
                 answer = await batcher.answer(decoded, started)
         except ApiError as e:
             request.state.audit = e.audit  # the Guard writes the refusal's one row

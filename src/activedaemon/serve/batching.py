@@ -4,7 +4,9 @@ lookup, one classifier pass and one audit write (:meth:`Gatekeeper.answer_batch`
 One worker thread owns the model. A request waits in a queue; the worker takes every waiting
 request (FIFO, up to ``max_images`` images; a larger request goes alone), waiting at most
 ``wait_ms`` after the oldest one arrived for others to join. Each request gets only its own
-answer or its own refusal.
+answer or its own refusal. A request of several images first sends its first image alone as a
+probe (:meth:`Gatekeeper.probe_batch`, batched the same way): a refused first image refuses the
+request before the rest is decoded.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class Batcher:
                  on_batch=None) -> None:  # fmt: skip
         self.gate, self.wait_s, self.max_images = gate, wait_ms / 1000, max_images
         self.on_batch = on_batch  # called with (requests, images) after each batch (metrics)
-        self._queue: deque[tuple[torch.Tensor, float, float, Future]] = deque()
+        # (kind "answer" or "probe", images, started or request size, arrival, future)
+        self._queue: deque[tuple[str, torch.Tensor, float, float, Future]] = deque()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -51,50 +54,63 @@ class Batcher:
 
     async def answer(self, images: torch.Tensor, started: float) -> dict:
         """The request's answer, or its ApiError (or the registry's error) raised."""
+        return await self._submit("answer", images, started)
+
+    async def probe(self, first: torch.Tensor, size: int):
+        """None if the request's first image passes, else the ApiError that refuses it."""
+        return await self._submit("probe", first, size)
+
+    async def _submit(self, kind: str, images: torch.Tensor, extra: float):
         future: Future = Future()
         with self._cv:
-            self._queue.append((images, started, time.perf_counter(), future))
+            self._queue.append((kind, images, extra, time.perf_counter(), future))
             self._cv.notify()
         return await asyncio.wrap_future(future)
 
-    def _take(self) -> list[tuple[torch.Tensor, float, float, Future]] | None:
+    def _take(self) -> list[tuple[str, torch.Tensor, float, float, Future]] | None:
         with self._cv:
             while not self._queue and not self._stop:
                 self._cv.wait()
             if self._stop:
                 return None
-            deadline = self._queue[0][2] + self.wait_s
-            while sum(len(q[0]) for q in self._queue) < self.max_images and not self._stop:
+            deadline = self._queue[0][3] + self.wait_s
+            while sum(len(q[1]) for q in self._queue) < self.max_images and not self._stop:
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     break
                 self._cv.wait(left)
             batch = [self._queue.popleft()]
-            images = len(batch[0][0])
-            while self._queue and images + len(self._queue[0][0]) <= self.max_images:
+            images = len(batch[0][1])
+            while self._queue and images + len(self._queue[0][1]) <= self.max_images:
                 item = self._queue.popleft()
-                images += len(item[0])
+                images += len(item[1])
                 batch.append(item)
             return batch
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
-            live = [b for b in batch if b[3].set_running_or_notify_cancel()]
-            if not live:
-                continue
+            live = [b for b in batch if b[4].set_running_or_notify_cancel()]
+            probes = [b for b in live if b[0] == "probe"]
+            answers = [b for b in live if b[0] == "answer"]
             try:
                 with self.gate._lock:
-                    results = self.gate.answer_batch([b[0] for b in live], [b[1] for b in live])
+                    results = []
+                    if probes:
+                        sizes = [int(b[2]) for b in probes]
+                        results += self.gate.probe_batch([b[1] for b in probes], sizes)
+                    if answers:
+                        started = [b[2] for b in answers]
+                        results += self.gate.answer_batch([b[1] for b in answers], started)
             except Exception as e:  # noqa: BLE001 - the registry is down, say: every request hears it
-                for b in live:
-                    b[3].set_exception(e)
+                for b in probes + answers:
+                    b[4].set_exception(e)
                 continue
-            for b, result in zip(live, results, strict=True):
-                if isinstance(result, Exception):
-                    b[3].set_exception(result)
+            for b, result in zip(probes + answers, results, strict=True):
+                if b[0] == "answer" and isinstance(result, Exception):
+                    b[4].set_exception(result)
                 else:
-                    b[3].set_result(result)
-            if self.on_batch is not None:
-                self.on_batch(len(live), sum(len(b[0]) for b in live))
+                    b[4].set_result(result)
+            if self.on_batch is not None and live:
+                self.on_batch(len(live), sum(len(b[1]) for b in live))
         for b in self._queue:  # stopped: nobody will answer these
-            b[3].cancel()
+            b[4].cancel()

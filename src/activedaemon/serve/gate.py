@@ -216,23 +216,49 @@ class Gatekeeper:
                 outcomes.append(_status(user))
         return users, outcomes, named
 
-    def decode_images(self, blobs: list[bytes]) -> torch.Tensor:
-        """The uploads as one (N, C, H, W) tensor, or ApiError for the first bad one."""
+    def decode_images(self, blobs: list[bytes], first: int = 0) -> torch.Tensor:
+        """The uploads as one (N, C, H, W) tensor, or ApiError for the first bad one (image
+        numbers in the reasons start at ``first``)."""
         size, channels = self.generator.arch.image_size, self.generator.arch.channels
         return torch.stack(
-            [decode_upload(b, i, channels, size, self.limits) for i, b in enumerate(blobs)]
+            [decode_upload(b, first + i, channels, size, self.limits) for i, b in enumerate(blobs)]
         )
 
     def answer(self, blobs: list[bytes], started: float | None = None) -> dict:
         """The /v1/predict body for these uploads, or ApiError; one request at a time (the
-        service batches concurrent requests with :meth:`answer_batch` instead)."""
+        service batches concurrent requests with :meth:`probe_batch` and :meth:`answer_batch`
+        instead). A request of several images is probed on its first one before the rest is
+        decoded."""
         started = time.perf_counter() if started is None else started
-        images = self.decode_images(blobs)
+        images = self.decode_images(blobs[:1])
+        if len(blobs) > 1:
+            with self._lock:
+                refusal = self.probe_batch([images], [len(blobs)])[0]
+            if refusal is not None:
+                raise refusal
+            images = torch.cat([images, self.decode_images(blobs[1:], first=1)])
         with self._lock:
             result = self.answer_batch([images], [started])[0]
         if isinstance(result, ApiError):
             raise result
         return result
+
+    def probe_batch(self, firsts: list[torch.Tensor], sizes: list[int]) -> list[ApiError | None]:
+        """Judge the first image of each multi-image request (one decoder pass for all): a
+        request whose first image is refused is refused (403, audited) without decoding the
+        rest, so that an unauthenticated 64-image batch costs one image's decoding, not 64.
+        None for a request that goes on to :meth:`answer_batch`."""
+        _, outcomes, named = self.identify_users(torch.cat(firsts))
+        results: list[ApiError | None] = []
+        for outcome, name, n in zip(outcomes, named, sizes, strict=True):
+            if outcome == "ok":
+                results.append(None)
+                continue
+            detail = f"image 0 {outcome}; {outcome}=1 unexamined={n - 1}"
+            detail += f"; ids {name}" if name else ""
+            audit = (name, outcome, detail)
+            results.append(ApiError(403, FORBIDDEN, FORBIDDEN_REASON, audit=audit))
+        return results
 
     def answer_batch(self, requests: list[torch.Tensor], started: list[float]) -> list:
         """Answer several requests' decoded images with one decoder pass, one registry lookup,
