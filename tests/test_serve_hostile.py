@@ -360,7 +360,7 @@ MASTER = b"hostile-master-secret-0123456789"
 def test_old_credentials_fail_after_a_registry_reset(db_url, tiny_protected, generator, test_images,
                                                      tmp_path):  # fmt: skip
     from activedaemon.client import Client
-    from activedaemon.serve.authid import AuthIdScheme
+    from activedaemon.serve.authid import AuthIdScheme, Credential
     from activedaemon.serve.registry import sqlite_url
 
     scheme = AuthIdScheme(user_bits=20)
@@ -387,6 +387,15 @@ def test_old_credentials_fail_after_a_registry_reset(db_url, tiny_protected, gen
     # Two users registered in the same registry get unrelated keys, also for the same number.
     a, b = fresh.registry.add_user(), fresh.registry.add_user()
     assert a.key_salt != b.key_salt and fresh.user_key(a) != fresh.user_key(b)
+    # Not the old derivation HMAC(master, n), which one user's key lets anyone brute-force a
+    # short master against at HMAC speed; the new one goes through scrypt first.
+    from activedaemon.serve.authid import stretch_master, user_key, user_key_v2
+
+    assert fresh.user_key(new) != user_key(MASTER, new.number)
+    salt = bytes.fromhex(new.key_salt)
+    guess = user_key_v2(stretch_master(MASTER, fresh.registry.key_epoch),
+                        fresh.registry.key_epoch, 1, salt)  # fmt: skip
+    assert guess == fresh.user_key(new) == Credential.parse(new_credential).key
 
 
 def _service_role_url(owner_url: str) -> str:
