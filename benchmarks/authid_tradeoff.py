@@ -27,7 +27,7 @@ import torch
 
 from activedaemon.data import load_dataset
 from activedaemon.imageio import jpeg_round_trip
-from activedaemon.serve.authid import KEYED_COEFS, AuthIdScheme, hash_coefficients, user_key
+from activedaemon.serve.authid import AuthIdScheme, hash_coefficients, user_key
 from activedaemon.tokens import TokenGenerator
 
 LAYOUTS = [
@@ -37,8 +37,6 @@ LAYOUTS = [
     AuthIdScheme(user_bits=20, hash_bits=12, retry_bits=3),
     AuthIdScheme(user_bits=20, hash_bits=16, retry_bits=4),
     AuthIdScheme(user_bits=20, hash_bits=16, retry_bits=0),
-    AuthIdScheme(user_bits=20, hash_bits=16, retry_bits=4, keyed_hash=True),
-    AuthIdScheme(user_bits=20, hash_bits=24, retry_bits=4, keyed_hash=True),
 ]
 
 
@@ -60,30 +58,17 @@ def nudge_attack(gen, scheme, master, pool, targets, eps, steps=100, margin=0.01
     # The attacker's view: the messages read back and the hashes of the authorized images.
     read = [r.message for r in map(gen.codec.decode_detailed, gen.decode_probs(authorized))]
     keep = [i for i, m in enumerate(read) if m is not None]
-    if scheme.keyed_hash:
-        # The hash's directions are unknown: match all the low coefficients it mixes instead
-        # (nearest pooled image in that space, then move the new image's coefficients onto it).
-        goal = hash_coefficients(authorized[keep], KEYED_COEFS)  # (P, 32)
-        choice = torch.cdist(hash_coefficients(targets, KEYED_COEFS), goal).argmin(1)
-        want = goal[choice]
-
-        def loss_of(images):
-            return ((hash_coefficients(images, KEYED_COEFS) - want) ** 2).sum()
-    else:
-        signs = hash_coefficients(authorized[keep], scheme.hash_bits).sign()  # (P, bits)
-        coef = hash_coefficients(targets, scheme.hash_bits)  # (T, bits)
-        # Cost of reaching pool image p from target t: how far the wrong-sign coefficients move.
-        wrong = (coef[:, None, :] * signs[None] < margin).float()
-        cost = ((coef[:, None, :].abs() + margin) * wrong).sum(-1)  # (T, P)
-        choice = cost.argmin(1)
-        want = signs[choice]
-
-        def loss_of(images):
-            return torch.relu(margin - want * hash_coefficients(images, scheme.hash_bits)).sum()
-
+    signs = hash_coefficients(authorized[keep], scheme.hash_bits).sign()  # (P, bits)
+    coef = hash_coefficients(targets, scheme.hash_bits)  # (T, bits)
+    # Cost of reaching pool image p from target t: how far the wrong-sign coefficients must move.
+    wrong = (coef[:, None, :] * signs[None] < margin).float()
+    cost = ((coef[:, None, :].abs() + margin) * wrong).sum(-1)  # (T, P)
+    choice = cost.argmin(1)
+    want = signs[choice]
     delta = torch.zeros_like(targets, requires_grad=True)
     for _ in range(steps if eps > 0 else 0):
-        loss = loss_of((targets + delta).clamp(0, 1))
+        c = hash_coefficients((targets + delta).clamp(0, 1), scheme.hash_bits)
+        loss = torch.relu(margin - want * c).sum()
         if loss.item() == 0:
             break
         (grad,) = torch.autograd.grad(loss, delta)
@@ -164,7 +149,6 @@ def main() -> None:
         ]
         users = f"{scheme.max_users:,}"
         layout = f"{scheme.user_bits}/{scheme.mac_bits}/{scheme.hash_bits}/{scheme.retry_bits}"
-        layout += " keyed" if scheme.keyed_hash else ""
         print(
             f"{layout:<25} {users:>10} {scheme.forgery_probability:9.1e} | "
             f"{'':12}{accepted[0]:5.1f} {accepted[1]:5.1f} {accepted[2]:5.1f} | {'':13}"
@@ -178,7 +162,6 @@ def main() -> None:
           f"{'max change/255':>14}")  # fmt: skip
     for scheme in [s for s in LAYOUTS if s.hash_bits]:
         layout = f"{scheme.user_bits}/{scheme.mac_bits}/{scheme.hash_bits}/{scheme.retry_bits}"
-        layout += " keyed" if scheme.keyed_hash else ""
         for eps in (float(e) for e in args.nudge_eps.split(",")):
             r = nudge_attack(gen, scheme, master, pool, targets, eps / 255)
             psnr = "inf" if eps == 0 else f"{r['psnr']:.1f}"

@@ -108,9 +108,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--hash-bits", type=int, default=16, help="image hash bits (16)")
     p.add_argument("--retry-bits", type=int, default=4,
                    help="least certain hash bits the server tries flipping (4)")  # fmt: skip
-    p.add_argument("--keyed-hash", action="store_true",
-                   help="with --bind-image: the hash's directions come from each user's key "
-                   "(credentials ad2.*; see README on what it changes)")  # fmt: skip
     p.set_defaults(func=cmd_serve)
 
     p = add_command(
@@ -174,10 +171,7 @@ def auth_scheme(args: argparse.Namespace):
 
     hash_bits = args.hash_bits if args.bind_image else 0
     retry = args.retry_bits if args.bind_image else 0
-    keyed = bool(args.bind_image and args.keyed_hash)
-    scheme = AuthIdScheme(
-        user_bits=args.user_bits, hash_bits=hash_bits, retry_bits=retry, keyed_hash=keyed
-    )
+    scheme = AuthIdScheme(user_bits=args.user_bits, hash_bits=hash_bits, retry_bits=retry)
     master = read_secret(MASTER_KEY_ENV, args.master_key_file, "master secret")
     return scheme, master.encode()
 

@@ -37,8 +37,6 @@ KEY_DOMAIN = b"activedaemon/user-key/v1"
 KEY_DOMAIN_V2 = b"activedaemon/user-key/v2"
 STRETCH_DOMAIN = b"activedaemon/master/v2"
 MAC_DOMAIN = b"activedaemon/token-mac/v1"
-PROJECTION_DOMAIN = b"activedaemon/hash-projection/v1"
-KEYED_COEFS = 32  # the keyed hash mixes the lowest 32 DCT coefficients (zig-zag, no DC)
 
 
 def user_key(master: bytes, number: int) -> bytes:
@@ -79,42 +77,24 @@ _DCT = _dct_matrix(HASH_GRID)
 _ZIGZAG = _zigzag(HASH_GRID)
 
 
-def image_hash(
-    images: torch.Tensor, bits: int, key: bytes | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def image_hash(images: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Signs of the lowest ``bits`` DCT coefficients (zig-zag, no DC) of the 8 x 8 block means of
     the grey image -> (bits (N, bits) bool, margins (N, bits) = |coefficient|). Images (N, C, H, W)
     in [0, 1]; a coarse hash, so that the token (fine, high-frequency) and mild JPEG rarely flip it.
-
-    With ``key`` (a keyed hash), the bits are the signs of ``bits`` random +-1 combinations of the
-    lowest :data:`KEYED_COEFS` coefficients, drawn from the key (:func:`hash_projection`): only
-    the key's holders (the user and the server) know which directions the hash measures.
     """
-    picked = hash_coefficients(images, bits, key)
+    picked = hash_coefficients(images, bits)
     return picked > 0, picked.abs()
 
 
-def hash_coefficients(images: torch.Tensor, bits: int, key: bytes | None = None) -> torch.Tensor:
-    """The (N, bits) signed values whose signs are :func:`image_hash` (linear in the image, so
-    differentiable: the nudge attack in benchmarks/authid_tradeoff.py uses that)."""
+def hash_coefficients(images: torch.Tensor, bits: int) -> torch.Tensor:
+    """The (N, bits) signed DCT coefficients whose signs are :func:`image_hash` (linear in the
+    image, so differentiable: the nudge attack in benchmarks/authid_tradeoff.py uses that)."""
     if not 1 <= bits <= len(_ZIGZAG):
         raise ValueError(f"hash bits must be in 1..{len(_ZIGZAG)}, got {bits}")
     grey = images.float().mean(1, keepdim=True)
     blocks = F.adaptive_avg_pool2d(grey, HASH_GRID)[:, 0]  # (N, 8, 8)
     coef = _DCT @ blocks @ _DCT.T
-    if key is None:
-        return torch.stack([coef[:, i, j] for i, j in _ZIGZAG[:bits]], dim=1)
-    low = torch.stack([coef[:, i, j] for i, j in _ZIGZAG[:KEYED_COEFS]], dim=1)
-    return low @ hash_projection(key, bits).T / math.sqrt(KEYED_COEFS)
-
-
-def hash_projection(key: bytes, bits: int) -> torch.Tensor:
-    """(bits, KEYED_COEFS) matrix of +-1 drawn from SHAKE-256(HMAC(key, domain)): the same on
-    every machine and library version, unknown without the key."""
-    seed = hmac.new(key, PROJECTION_DOMAIN, hashlib.sha256).digest()
-    stream = hashlib.shake_256(seed).digest((bits * KEYED_COEFS + 7) // 8)
-    signs = [(stream[k // 8] >> (k % 8)) & 1 for k in range(bits * KEYED_COEFS)]
-    return (torch.tensor(signs, dtype=torch.float32) * 2 - 1).reshape(bits, KEYED_COEFS)
+    return torch.stack([coef[:, i, j] for i, j in _ZIGZAG[:bits]], dim=1)
 
 
 def _bits_to_bytes(bits: torch.Tensor) -> bytes:
@@ -132,7 +112,6 @@ class AuthIdScheme:
     user_bits: int = 20
     hash_bits: int = 0
     retry_bits: int = 0
-    keyed_hash: bool = False  # the image hash's directions come from the user's key
 
     def __post_init__(self) -> None:
         if not 8 <= self.user_bits <= 32:
@@ -141,8 +120,6 @@ class AuthIdScheme:
             raise ValueError(f"hash_bits must be in 0..{len(_ZIGZAG)}, got {self.hash_bits}")
         if not 0 <= self.retry_bits <= min(self.hash_bits, 8):
             raise ValueError("retry_bits must be in 0..min(hash_bits, 8)")
-        if self.keyed_hash and not self.hash_bits:
-            raise ValueError("a keyed hash needs hash_bits > 0")
 
     @property
     def mac_bits(self) -> int:
@@ -159,8 +136,7 @@ class AuthIdScheme:
 
     def describe(self) -> str:
         binding = (
-            f"{self.hash_bits}-bit {'keyed ' if self.keyed_hash else ''}image hash "
-            f"(retry {self.retry_bits})"
+            f"{self.hash_bits}-bit image hash (retry {self.retry_bits})"
             if self.hash_bits
             else "no image binding"
         )
@@ -190,7 +166,7 @@ class AuthIdScheme:
         """One message per image (the same one unless the scheme binds to the image)."""
         if not self.hash_bits:
             return [self.message(number, key)] * len(images)
-        bits, _ = image_hash(images, self.hash_bits, key if self.keyed_hash else None)
+        bits, _ = image_hash(images, self.hash_bits)
         return [self.message(number, key, row) for row in bits]
 
     # -- verifying ----------------------------------------------------------------------------
@@ -212,19 +188,19 @@ class AuthIdScheme:
         number = self.number_of(message)
         tag = int.from_bytes(message, "big") & ((1 << self.mac_bits) - 1)
         nbytes = (self.mac_bits + 7) // 8
-        for candidate in self._hash_candidates(image, key):
+        for candidate in self._hash_candidates(image):
             good = self._mac(key, number, candidate)
             if hmac.compare_digest(good.to_bytes(nbytes, "big"), tag.to_bytes(nbytes, "big")):
                 return True
         return False
 
-    def _hash_candidates(self, image: torch.Tensor | None, key: bytes):
+    def _hash_candidates(self, image: torch.Tensor | None):
         if not self.hash_bits:
             yield None
             return
         if image is None:
             raise ValueError("this scheme binds to the image: pass the received image")
-        bits, margins = image_hash(image[None], self.hash_bits, key if self.keyed_hash else None)
+        bits, margins = image_hash(image[None], self.hash_bits)
         bits, margins = bits[0], margins[0]
         weakest = margins.argsort()[: self.retry_bits].tolist()
         for r in range(self.retry_bits + 1):
@@ -239,8 +215,8 @@ class AuthIdScheme:
 class Credential:
     """What a user needs to make authenticated tokens: number, key, and the scheme's layout.
 
-    Text form: ``ad1.<user_bits>.<hash_bits>.<number>.<key hex>``, ``ad2.`` for a keyed image
-    hash (retry bits are the server's business)."""
+    Text form: ``ad1.<user_bits>.<hash_bits>.<number>.<key hex>`` (retry bits are the server's
+    business)."""
 
     number: int
     key: bytes
@@ -248,14 +224,13 @@ class Credential:
 
     def __str__(self) -> str:
         s = self.scheme
-        version = "ad2" if s.keyed_hash else "ad1"
-        return f"{version}.{s.user_bits}.{s.hash_bits}.{self.number}.{self.key.hex()}"
+        return f"ad1.{s.user_bits}.{s.hash_bits}.{self.number}.{self.key.hex()}"
 
     @classmethod
     def parse(cls, text: str) -> Credential:
         parts = text.strip().split(".")
         try:
-            if len(parts) != 5 or parts[0] not in ("ad1", "ad2"):
+            if len(parts) != 5 or parts[0] != "ad1":
                 raise ValueError
             user_bits, hash_bits, number = int(parts[1]), int(parts[2]), int(parts[3])
             key = bytes.fromhex(parts[4])
@@ -265,4 +240,4 @@ class Credential:
             ) from None
         if len(key) != 32:
             raise ValueError("a credential's key is 32 bytes (64 hex digits)")
-        return cls(number, key, AuthIdScheme(user_bits, hash_bits, keyed_hash=parts[0] == "ad2"))
+        return cls(number, key, AuthIdScheme(user_bits, hash_bits))
