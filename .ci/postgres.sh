@@ -18,6 +18,11 @@ run_psql() { su postgres -c "psql -v ON_ERROR_STOP=1 -qtA -c \"$1\""; }
 if [ "$(run_psql "SELECT 1 FROM pg_roles WHERE rolname = 'activedaemon'")" != "1" ]; then
     run_psql "CREATE ROLE activedaemon LOGIN PASSWORD 'activedaemon'" >/dev/null
 fi
+# A second login role that owns nothing: the registry tests grant it the service's insert-only
+# rights (Registry.grant_service_role) and check what it cannot do to the audit log.
+if [ "$(run_psql "SELECT 1 FROM pg_roles WHERE rolname = 'activedaemon_svc'")" != "1" ]; then
+    run_psql "CREATE ROLE activedaemon_svc LOGIN PASSWORD 'activedaemon_svc'" >/dev/null
+fi
 if [ "$(run_psql "SELECT 1 FROM pg_database WHERE datname = 'activedaemon_test'")" != "1" ]; then
     run_psql "CREATE DATABASE activedaemon_test OWNER activedaemon" >/dev/null
 fi

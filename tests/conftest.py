@@ -1,4 +1,8 @@
+import os
+import uuid
+
 import pytest
+from sqlalchemy import create_engine, text
 
 from activedaemon.protect import ProtectConfig, train_classifier
 from activedaemon.tokens.train import PRESETS, EncoderTrainConfig, train_encoder
@@ -59,3 +63,45 @@ def tiny_protected(tmp_path_factory):
     """Run folder of a toy protected classifier trained once per test session."""
     out = tmp_path_factory.mktemp("tiny-protected")
     return train_classifier(ProtectConfig.from_dict(TINY_PROTECTED), out, progress=False)
+
+
+# -- the service tests (test_serve*.py) ------------------------------------------------------------
+PG_ENV = "ACTIVEDAEMON_TEST_PG_URL"
+ENCODER = "fashion-mnist-32"
+
+
+@pytest.fixture(scope="module")
+def generator():
+    from activedaemon.tokens import TokenGenerator
+
+    return TokenGenerator.load(ENCODER)
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    from activedaemon.data import load_dataset
+
+    data = load_dataset("fashion-mnist", size=32, channels=3, limit_train=0, limit_test=200)
+    return data.test.images, data.test.labels
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty registry database: a SQLite file, or a new schema on the PostgreSQL server."""
+    from activedaemon.serve.registry import sqlite_url
+
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "registry.db")
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL run not done: {PG_ENV} is not set (.ci/run sets it)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()

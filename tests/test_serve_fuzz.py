@@ -28,7 +28,7 @@ def test_fuzz_openapi_no_server_errors(tiny_protected, tmp_path):
     app = create_app(gate, ADMIN_KEY)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 7, [op.label for op in operations]
+    assert len(operations) == 8, [op.label for op in operations]
     calls: dict[str, int] = {}
     server_errors: list[str] = []
     for operation in operations:

@@ -34,10 +34,18 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--model", required=True, help="protected classifier run folder")
     add_model_encoder(p)
-    p.add_argument("--db", default="sqlite:///activedaemon-users.db",
-                   help="registry URL: sqlite:///PATH (default ./activedaemon-users.db) or "
-                   "postgresql+psycopg://USER:PASS@HOST/DB")  # fmt: skip
+    p.add_argument(
+        "--db",
+        help="registry URL: sqlite:///PATH (default ./activedaemon-users.db) or "
+        "postgresql+psycopg://USER@HOST/DB; a URL with a password goes in "
+        "$ACTIVEDAEMON_DB_URL or --db-file instead (a command line shows in ps)",
+    )
+    p.add_argument("--db-file", help="file whose first line is the registry URL (before "
+                   "$ACTIVEDAEMON_DB_URL, before --db)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="server processes sharing the port and the registry (1); quotas and "
+                   "metrics are per process")  # fmt: skip
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--admin-key-file", help="file holding the admin key (else the env variable)")
     p.add_argument(
@@ -45,6 +53,50 @@ def add_parsers(sub) -> None:
     )
     p.add_argument("--max-bytes", type=positive_int, default=1_000_000, help="bytes per image file")
     p.add_argument("--max-pixels", type=positive_int, default=4_000_000, help="pixels per image")
+    p.add_argument("--formats", default="png", choices=["png", "png,jpeg"],
+                   help="image formats the server decodes (png; png,jpeg only for an encoder "
+                   "trained with JPEG noise)")  # fmt: skip
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="dynamic batching: wait up to this long for concurrent queries to share a pass (2)",
+    )
+    p.add_argument(
+        "--no-batching", action="store_true", help="answer one query at a time (no batching)"
+    )
+    p.add_argument(
+        "--max-batch-images",
+        type=positive_int,
+        default=64,
+        help="images per decoder / classifier pass (64)",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=32,
+        help="queries in flight at once; more get 503 (32; 0: no cap)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a query may take to upload its body; else 408 (30; 0: none)",
+    )
+    p.add_argument(
+        "--client-rate",
+        type=float,
+        default=100.0,
+        help="images a second per client address (100; 0: no quota)",
+    )
+    p.add_argument("--client-burst", type=float, default=256.0, help="client quota burst (256)")
+    p.add_argument(
+        "--user-rate",
+        type=float,
+        default=100.0,
+        help="answered images a second per user (100; 0: no quota)",
+    )
+    p.add_argument("--user-burst", type=float, default=256.0, help="user quota burst (256)")
     p.add_argument("--auth-ids", action="store_true",
                    help="authenticated ids: tokens carry a user number + HMAC under a per-user "
                    "key derived from the master secret ($ACTIVEDAEMON_MASTER_KEY or "
@@ -124,27 +176,96 @@ def auth_scheme(args: argparse.Namespace):
     return scheme, master.encode()
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
+SERVE_ARGS_ENV = "ACTIVEDAEMON_SERVE_ARGS"
 
+
+def build_service(args: argparse.Namespace):
+    """(gate, admin key, settings) from the `serve` arguments: what each server process runs."""
     from activedaemon.serve.gate import Limits
-    from activedaemon.serve.server import ADMIN_KEY_ENV, build_gatekeeper, read_secret, serve
+    from activedaemon.serve.policy import ServiceSettings
+    from activedaemon.serve.server import (
+        ADMIN_KEY_ENV,
+        build_gatekeeper,
+        read_secret,
+        resolve_db_url,
+    )
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     admin_key = read_secret(ADMIN_KEY_ENV, args.admin_key_file, "admin key")
     scheme, master = auth_scheme(args)
-    limits = Limits(args.max_images, args.max_bytes, args.max_pixels)
+    formats = tuple(f.upper() for f in args.formats.split(","))
+    limits = Limits(args.max_images, args.max_bytes, args.max_pixels, formats)
+    settings = ServiceSettings(
+        batching=not args.no_batching,
+        batch_wait_ms=args.batch_wait_ms,
+        max_batch_images=args.max_batch_images,
+        max_inflight=args.max_inflight,
+        body_timeout_s=args.body_timeout,
+        client_images_per_s=args.client_rate or None,
+        client_burst=args.client_burst,
+        user_images_per_s=args.user_rate or None,
+        user_burst=args.user_burst,
+    )
     gate = build_gatekeeper(
         args.model,
         args.encoder,
-        args.db,
+        resolve_db_url(args.db, args.db_file),
         limits=limits,
         scheme=scheme,
         master=master,
         force_encoder=args.force_encoder,
+        user_quota=settings.user_quota(),
     )
-    serve(gate, admin_key, args.host, args.port)
+    return gate, admin_key, settings
+
+
+def worker_app():
+    """uvicorn's app factory in each `serve --workers N` process: the parent's arguments come
+    through the environment (no secrets: those are read again from their variable or file)."""
+    import json
+    import logging
+    import os
+
+    from activedaemon.serve.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    gate, admin_key, settings = build_service(
+        argparse.Namespace(**json.loads(os.environ[SERVE_ARGS_ENV]))
+    )
+    return create_app(gate, admin_key, settings)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from activedaemon.serve.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.workers > 1:
+        import json
+        import os
+
+        import uvicorn
+
+        from activedaemon.serve.registry import Registry
+        from activedaemon.serve.server import ADMIN_KEY_ENV, read_secret, resolve_db_url
+
+        read_secret(ADMIN_KEY_ENV, args.admin_key_file, "admin key")  # refuse early
+        auth_scheme(args)
+        Registry(resolve_db_url(args.db, args.db_file)).close()  # migrate once, not N times
+        fields = {k: v for k, v in vars(args).items() if k != "func"}
+        os.environ[SERVE_ARGS_ENV] = json.dumps(fields, default=str)
+        uvicorn.run("activedaemon.cli.service:worker_app", factory=True, workers=args.workers,
+                    host=args.host, port=args.port, log_level="info")  # fmt: skip
+        return 0
+    gate, admin_key, settings = build_service(args)
+    serve(gate, admin_key, args.host, args.port, settings)
     return 0
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped (``\\x1b``), so that a
+    name from the registry cannot move the cursor or rewrite the owner's terminal."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def service_call(url: str, call):
@@ -166,7 +287,8 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     credential = None
     if args.credential_file:
-        credential = Path(args.credential_file).read_text().strip()
+        lines = Path(args.credential_file).read_text().splitlines()
+        credential = lines[0].strip() if lines else ""
     elif os.environ.get("ACTIVEDAEMON_CREDENTIAL"):
         credential = os.environ["ACTIVEDAEMON_CREDENTIAL"].strip()
     if args.user is None and credential is None:
@@ -211,9 +333,10 @@ def cmd_users(args: argparse.Namespace) -> int:
         emit_json("-", result)
     elif args.users_command == "list":
         for u in result:
-            print(f"{u['user_id']}\t{u['status']}\t{u['created_at']}\t{u['name']}")
+            fields = (u["user_id"], u["status"], u["created_at"], u["name"])
+            print("\t".join(terminal_safe(str(f)) for f in fields))
     else:
-        print(f"{result['user_id']}\t{result['status']}")
+        print(f"{terminal_safe(result['user_id'])}\t{result['status']}")
         if result.get("credential"):
             print(f"credential (give it to the user; shown once): {result['credential']}")
     emit_json(args.json, result)

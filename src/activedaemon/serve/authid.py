@@ -2,8 +2,13 @@
 
 Beyond the paper, optional. The 64-bit message the token carries is
 ``number (user_bits) || HMAC-SHA256(k_n, number [|| image hash])`` truncated to ``64 - user_bits``
-bits, where ``k_n = HMAC-SHA256(master, n)`` is user n's key: the owner derives every key from one
-master secret, each user holds only their own, and one user's leak exposes no other. An attacker
+bits, where ``k_n = HMAC-SHA256(K, epoch || n || salt_n)`` is user n's key, with ``K`` the master
+secret stretched by scrypt (a short master cannot be brute-forced cheaply from one user's own
+key), ``epoch`` a random value made with the registry and ``salt_n`` a random salt stored with
+user n: a number issued again after a registry reset or an old backup's restore gets another key,
+so an old credential is not answered as the new holder of its number (:func:`user_key_v2`; users
+registered before the salts keep ``k_n = HMAC-SHA256(master, n)``, :func:`user_key`). The owner
+derives every key, each user holds only their own, and one user's leak exposes no other. An attacker
 who invents a number or flips bits of a seen message must guess the MAC (probability
 ``2 ** -mac_bits`` per try).
 
@@ -29,14 +34,31 @@ import torch.nn.functional as F
 MESSAGE_BITS = 64
 HASH_GRID = 8  # the grey image is averaged to 8 x 8 blocks before the DCT
 KEY_DOMAIN = b"activedaemon/user-key/v1"
+KEY_DOMAIN_V2 = b"activedaemon/user-key/v2"
+STRETCH_DOMAIN = b"activedaemon/master/v2"
 MAC_DOMAIN = b"activedaemon/token-mac/v1"
 
 
 def user_key(master: bytes, number: int) -> bytes:
-    """k_n = HMAC-SHA256(master, n): user n's MAC key (32 bytes)."""
+    """k_n = HMAC-SHA256(master, n): the key of user n registered before per-user salts (v1)."""
     if len(master) < 16:
         raise ValueError("the master secret must be at least 16 bytes")
     return hmac.new(master, KEY_DOMAIN + number.to_bytes(8, "big"), hashlib.sha256).digest()
+
+
+def stretch_master(master: bytes, epoch: bytes) -> bytes:
+    """K = scrypt(master, epoch) (N = 2^15, r = 8: about 0.1 s and 32 MB, once at start): what
+    an offline guess of the master costs, per guess, for whoever holds one user's key."""
+    if len(master) < 16:
+        raise ValueError("the master secret must be at least 16 bytes")
+    return hashlib.scrypt(master, salt=STRETCH_DOMAIN + epoch, n=2**15, r=8, p=1,
+                          maxmem=64 * 2**20, dklen=32)  # fmt: skip
+
+
+def user_key_v2(stretched: bytes, epoch: bytes, number: int, salt: bytes) -> bytes:
+    """k_n = HMAC-SHA256(K, epoch || n || salt_n): user n's MAC key (32 bytes)."""
+    data = KEY_DOMAIN_V2 + epoch + number.to_bytes(8, "big") + salt
+    return hmac.new(stretched, data, hashlib.sha256).digest()
 
 
 def _dct_matrix(n: int) -> torch.Tensor:
@@ -60,13 +82,19 @@ def image_hash(images: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
     the grey image -> (bits (N, bits) bool, margins (N, bits) = |coefficient|). Images (N, C, H, W)
     in [0, 1]; a coarse hash, so that the token (fine, high-frequency) and mild JPEG rarely flip it.
     """
+    picked = hash_coefficients(images, bits)
+    return picked > 0, picked.abs()
+
+
+def hash_coefficients(images: torch.Tensor, bits: int) -> torch.Tensor:
+    """The (N, bits) signed DCT coefficients whose signs are :func:`image_hash` (linear in the
+    image, so differentiable: the nudge attack in benchmarks/authid_tradeoff.py uses that)."""
     if not 1 <= bits <= len(_ZIGZAG):
         raise ValueError(f"hash bits must be in 1..{len(_ZIGZAG)}, got {bits}")
     grey = images.float().mean(1, keepdim=True)
     blocks = F.adaptive_avg_pool2d(grey, HASH_GRID)[:, 0]  # (N, 8, 8)
     coef = _DCT @ blocks @ _DCT.T
-    picked = torch.stack([coef[:, i, j] for i, j in _ZIGZAG[:bits]], dim=1)
-    return picked > 0, picked.abs()
+    return torch.stack([coef[:, i, j] for i, j in _ZIGZAG[:bits]], dim=1)
 
 
 def _bits_to_bytes(bits: torch.Tensor) -> bytes:
@@ -148,18 +176,23 @@ class AuthIdScheme:
     def verify(
         self, message: bytes, master: bytes, image: torch.Tensor | None = None
     ) -> int | None:
-        """The user number if the MAC is right (for ``image``, (C, H, W), when binding)."""
+        """The user number if the MAC is right under the v1 key ``HMAC(master, n)`` (for
+        ``image``, (C, H, W), when binding)."""
         number = self.number_of(message)
         if number == 0:
             return None
-        key = user_key(master, number)
+        return number if self.verify_key(message, user_key(master, number), image) else None
+
+    def verify_key(self, message: bytes, key: bytes, image: torch.Tensor | None = None) -> bool:
+        """Whether the MAC of ``message`` is right under the claimed user's ``key``."""
+        number = self.number_of(message)
         tag = int.from_bytes(message, "big") & ((1 << self.mac_bits) - 1)
         nbytes = (self.mac_bits + 7) // 8
         for candidate in self._hash_candidates(image):
             good = self._mac(key, number, candidate)
             if hmac.compare_digest(good.to_bytes(nbytes, "big"), tag.to_bytes(nbytes, "big")):
-                return number
-        return None
+                return True
+        return False
 
     def _hash_candidates(self, image: torch.Tensor | None):
         if not self.hash_bits:

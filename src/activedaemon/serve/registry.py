@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +26,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
     text,
 )
@@ -31,12 +34,13 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from activedaemon.identity import random_user_id, validate_user_id
+from activedaemon.identity import ID_LENGTH, PRINTABLE, random_user_id, validate_user_id
 
 log = logging.getLogger(__name__)
 
 ACTIVE, REVOKED = "active", "revoked"
 NAME_MAX = 200
+DETAIL_MAX = 255
 
 
 class Base(DeclarativeBase):
@@ -53,19 +57,28 @@ class User(Base):
     status: Mapped[str] = mapped_column(String(8), default=ACTIVE)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Since version 4: a random salt per user (hex) that goes into the user's authenticated-id
+    # key, so that a number issued again (registry reset, old backup) gets another key. NULL for
+    # users registered before version 4 (their keys stay HMAC(master, number)).
+    key_salt: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class QueryLog(Base):
-    """One row per image of a query (one row for a request rejected before decoding)."""
+    """One row per answered image, and one summary row per refused /v1/predict request."""
 
     __tablename__ = "query_log"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     user_id: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)
-    # ok, undecodable, unknown, revoked, bad_mac, bad_input or batch_rejected (see serve.gate)
+    # ok, undecodable, unknown, revoked, bad_mac, bad_input, too_large, error, ... (see
+    # serve.gate); rows written before schema version 3 may also say batch_rejected.
     outcome: Mapped[str] = mapped_column(String(16))
     latency_ms: Mapped[float] = mapped_column(Float)
+    # Since version 3: how many images the row stands for (1 for an answered image, the whole
+    # request for a refused one) and the refusal's detail (error code, outcomes per image).
+    images: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    detail: Mapped[str | None] = mapped_column(String(DETAIL_MAX), nullable=True)
 
 
 # -- migrations ---------------------------------------------------------------------------------
@@ -99,13 +112,76 @@ def _m2_append_only(conn: Connection) -> None:
         )
 
 
+def _add_columns(conn: Connection, table: str, columns: dict[str, str]) -> None:
+    """ALTER TABLE ADD COLUMN for each missing column (a fresh database already has them: step 1
+    creates the tables from the current models)."""
+    have = {c["name"] for c in inspect(conn).get_columns(table)}
+    for name, ddl in columns.items():
+        if name not in have:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {ddl}"))
+
+
+def _m3_audit_summary(conn: Connection) -> None:
+    """Refused requests get one summary row: how many images it stands for, and the detail."""
+    _add_columns(
+        conn,
+        "query_log",
+        {"images": "INTEGER NOT NULL DEFAULT 1", "detail": f"VARCHAR({DETAIL_MAX})"},
+    )
+
+
+def _m4_key_salts(conn: Connection) -> None:
+    """A salt per user and a random key epoch per registry, both in the key derivation."""
+    _add_columns(conn, "users", {"key_salt": "VARCHAR(64)"})
+    conn.execute(
+        text("CREATE TABLE IF NOT EXISTS registry_meta (name VARCHAR(32) PRIMARY KEY, "
+             "value VARCHAR(200) NOT NULL)")
+    )  # fmt: skip
+    have = conn.execute(text("SELECT 1 FROM registry_meta WHERE name = 'key_epoch'")).first()
+    if have is None:
+        conn.execute(
+            text("INSERT INTO registry_meta (name, value) VALUES ('key_epoch', :v)"),
+            {"v": secrets.token_hex(16)},
+        )
+
+
+def _m5_audit_insert_only(conn: Connection) -> None:
+    """Close what step 2 left open. SQLite: INSERT OR REPLACE deleted the old row without firing
+    the DELETE trigger; an insert that names an existing row id is now refused. PostgreSQL:
+    TRUNCATE is refused by a trigger too (insert-only grants for the service's own role, which
+    must not own the tables, are :meth:`Registry.grant_service_role`)."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(
+            text(
+                "CREATE TRIGGER IF NOT EXISTS query_log_no_replace BEFORE INSERT ON query_log "
+                "WHEN EXISTS (SELECT 1 FROM query_log WHERE id = NEW.id) "
+                "BEGIN SELECT RAISE(ABORT, 'query_log is append-only'); END"
+            )
+        )
+    elif conn.dialect.name == "postgresql":
+        conn.execute(text("DROP TRIGGER IF EXISTS query_log_no_truncate ON query_log"))
+        conn.execute(
+            text(
+                "CREATE TRIGGER query_log_no_truncate BEFORE TRUNCATE ON query_log "
+                "FOR EACH STATEMENT EXECUTE FUNCTION query_log_append_only()"
+            )
+        )
+
+
 # Step i brings the schema from version i to i + 1; append new steps, never edit old ones.
-MIGRATIONS: list[Callable[[Connection], None]] = [_m1_tables, _m2_append_only]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _m1_tables,
+    _m2_append_only,
+    _m3_audit_summary,
+    _m4_key_salts,
+    _m5_audit_insert_only,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def schema_version(conn: Connection) -> int:
-    conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+    if not inspect(conn).has_table("schema_version"):  # a role without CREATE can still read
+        conn.execute(text("CREATE TABLE schema_version (version INTEGER NOT NULL)"))
     row = conn.execute(text("SELECT max(version) FROM schema_version")).scalar()
     return int(row or 0)
 
@@ -147,6 +223,7 @@ class UserInfo:
     status: str
     created_at: datetime
     revoked_at: datetime | None
+    key_salt: str | None = None  # hex; goes into the user's authenticated-id key (not shown)
 
     @property
     def active(self) -> bool:
@@ -169,6 +246,31 @@ class AuditRow:
     user_id: str | None
     outcome: str
     latency_ms: float
+    images: int = 1  # an answered image: 1; a refused request: all its images
+    detail: str | None = None  # a refused request's error code and per-image outcomes
+
+
+def check_name(name: str) -> str:
+    """A display name: at most NAME_MAX characters and no control characters (NUL, ESC, ...:
+    PostgreSQL refuses NUL, and escape codes would reach the owner's terminal)."""
+    if len(name) > NAME_MAX:
+        raise ValueError(f"a name has at most {NAME_MAX} characters, got {len(name)}")
+    bad = sorted({c for c in name if unicodedata.category(c) == "Cc"})
+    if bad:
+        raise ValueError(f"a name may not hold control characters; got {bad!r}")
+    return name
+
+
+def could_be_id(user_id: str) -> bool:
+    """Whether ``user_id`` is a well-formed id at all (else no user has it: no query needed, and
+    no NUL reaches the database)."""
+    return len(user_id) == ID_LENGTH and all(c in PRINTABLE for c in user_id)
+
+
+def _clean_detail(detail: str | None) -> str | None:
+    if detail is None:
+        return None
+    return "".join(c if c in PRINTABLE else "?" for c in detail)[:DETAIL_MAX]
 
 
 def _now() -> datetime:
@@ -182,7 +284,13 @@ def _aware(t: datetime | None) -> datetime | None:
 
 def _info(u: User) -> UserInfo:
     return UserInfo(
-        u.user_id, u.number, u.name, u.status, _aware(u.created_at), _aware(u.revoked_at)
+        u.user_id,
+        u.number,
+        u.name,
+        u.status,
+        _aware(u.created_at),
+        _aware(u.revoked_at),
+        u.key_salt,
     )
 
 
@@ -338,10 +446,33 @@ class Registry(AuditViews):
         sqlite = self.engine.dialect.name == "sqlite"
         self._audit_engine = _engine(url, "NORMAL") if sqlite else self.engine
         self._lock = threading.Lock()  # serialises user creation (numbers, random ids)
+        with self.engine.connect() as conn:
+            epoch = conn.execute(text("SELECT value FROM registry_meta WHERE name = 'key_epoch'"))
+            self.key_epoch = bytes.fromhex(epoch.scalar_one())  # random, made with the registry
 
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    def grant_service_role(self, role: str) -> None:
+        """PostgreSQL, run as the tables' owner: let ``role`` (an existing login role that owns
+        nothing here) run the service and nothing more: read and add users, change their status,
+        read and *append* audit rows. It cannot update, delete or truncate audit rows, nor drop
+        or disable the triggers (only an owner can), nor change the schema."""
+        if self.dialect != "postgresql":
+            raise ValueError("roles and grants exist on PostgreSQL only")
+        if not role.replace("_", "").isalnum():
+            raise ValueError(f"a role name is letters, digits and _; got {role!r}")
+        with self.engine.begin() as conn:
+            schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+            for sql in (
+                f'GRANT USAGE ON SCHEMA "{schema}" TO {role}',
+                f"GRANT SELECT ON schema_version, registry_meta TO {role}",
+                f"GRANT SELECT, INSERT, UPDATE ON users TO {role}",
+                f"GRANT SELECT, INSERT ON query_log TO {role}",
+                f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role}',
+            ):
+                conn.execute(text(sql))
 
     def close(self) -> None:
         self.engine.dispose()
@@ -354,15 +485,20 @@ class Registry(AuditViews):
         """Register ``user_id`` (a random alphanumeric id when None); UserExists if taken."""
         if user_id is not None:
             validate_user_id(user_id)
-        if len(name) > NAME_MAX:
-            raise ValueError(f"a name has at most {NAME_MAX} characters, got {len(name)}")
+        check_name(name)
         rng = rng or random.SystemRandom()
         with self._lock:
             for _ in range(20):
                 uid = user_id if user_id is not None else random_user_id(rng)
                 try:
                     with Session(self.engine) as s, s.begin():
-                        user = User(user_id=uid, name=name, status=ACTIVE, created_at=_now())
+                        user = User(
+                            user_id=uid,
+                            name=name,
+                            status=ACTIVE,
+                            created_at=_now(),
+                            key_salt=secrets.token_hex(16),
+                        )
                         s.add(user)
                         s.flush()
                         info = _info(user)
@@ -373,6 +509,8 @@ class Registry(AuditViews):
         raise RuntimeError("could not draw an unused random user id in 20 tries")
 
     def get_user(self, user_id: str) -> UserInfo:
+        if not could_be_id(user_id):
+            raise UserNotFound(user_id)
         with Session(self.engine) as s:
             user = s.scalar(select(User).where(User.user_id == user_id))
             if user is None:
@@ -381,7 +519,7 @@ class Registry(AuditViews):
 
     def users(self, user_ids: Iterable[str] = (), numbers: Iterable[int] = ()) -> list[UserInfo]:
         """The registered users among ``user_ids`` or ``numbers`` (one query for a batch)."""
-        ids, nums = sorted(set(user_ids)), sorted(set(numbers))
+        ids, nums = sorted(i for i in set(user_ids) if could_be_id(i)), sorted(set(numbers))
         if not ids and not nums:
             return []
         cond = User.user_id.in_(ids) if ids else User.number.in_(nums)
@@ -398,6 +536,8 @@ class Registry(AuditViews):
 
     def set_active(self, user_id: str, active: bool) -> UserInfo:
         """Revoke or re-activate; takes effect on the next query (nothing is cached)."""
+        if not could_be_id(user_id):
+            raise UserNotFound(user_id)
         with Session(self.engine) as s, s.begin():
             user = s.scalar(select(User).where(User.user_id == user_id).with_for_update())
             if user is None:
@@ -412,11 +552,26 @@ class Registry(AuditViews):
 
     # -- audit log ----------------------------------------------------------------------------
     def log_queries(self, rows: Iterable[tuple[str | None, str, float]]) -> None:
-        """Append (user id or None, outcome, latency ms) rows, all stamped now."""
+        """Append (user id or None, outcome, latency ms) rows, one per image, all stamped now."""
+        self._append(
+            {"user_id": u, "outcome": o, "latency_ms": float(ms), "images": 1, "detail": None}
+            for u, o, ms in rows
+        )
+
+    def log_refusal(
+        self, user_id: str | None, outcome: str, latency_ms: float, images: int, detail: str
+    ) -> None:
+        """Append the one summary row of a refused request (``images`` it carried, ``detail``:
+        error code and per-image outcomes; cut to DETAIL_MAX printable characters)."""
+        if user_id is not None and not could_be_id(user_id):
+            user_id = None
+        row = {"user_id": user_id, "outcome": outcome[:16], "latency_ms": float(latency_ms),
+               "images": int(images), "detail": _clean_detail(detail)}  # fmt: skip
+        self._append([row])
+
+    def _append(self, rows: Iterable[dict]) -> None:
         now = _now()
-        records = [
-            {"time": now, "user_id": u, "outcome": o, "latency_ms": float(ms)} for u, o, ms in rows
-        ]
+        records = [{"time": now, **r} for r in rows]
         if records:
             with self._audit_engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
@@ -424,10 +579,13 @@ class Registry(AuditViews):
                 conn.execute(QueryLog.__table__.insert(), records)
 
     def usage(self, user_id: str) -> dict[str, int]:
-        """How many logged images of each outcome carried ``user_id``."""
+        """How many logged images of each outcome carried ``user_id`` (a refused request counts
+        all its images under the id of its first refused image)."""
+        if not could_be_id(user_id):
+            return {}
         with Session(self.engine) as s:
             rows = s.execute(
-                select(QueryLog.outcome, func.count())
+                select(QueryLog.outcome, func.sum(QueryLog.images))
                 .where(QueryLog.user_id == user_id)
                 .group_by(QueryLog.outcome)
             ).all()
@@ -437,4 +595,12 @@ class Registry(AuditViews):
         """The newest ``limit`` audit rows, newest first."""
         with Session(self.engine) as s:
             rows = s.scalars(select(QueryLog).order_by(QueryLog.id.desc()).limit(limit)).all()
-            return [AuditRow(_aware(r.time), r.user_id, r.outcome, r.latency_ms) for r in rows]
+            return [
+                AuditRow(_aware(r.time), r.user_id, r.outcome, r.latency_ms, r.images, r.detail)
+                for r in rows
+            ]
+
+    def count_audit(self) -> int:
+        """How many audit rows there are."""
+        with Session(self.engine) as s:
+            return int(s.scalar(select(func.count()).select_from(QueryLog)) or 0)
