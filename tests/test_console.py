@@ -379,14 +379,18 @@ def test_usage_and_audit_pages_show_every_outcome(console):
         ],
     )
     gate.registry.log_queries([("alice001", "ok", 2.0)] * 5)
+    # One summary row of a refused request counts every image it carried.
+    gate.registry.log_refusal("alice001", "revoked", 3.0, images=7, detail="revoked x7")
     sign_in(client)
     assert totals(client.get("/console/usage?window=1h").text) == {
         "ok": 5,
+        "revoked": 7,
         "limited": 40,
         "brand_new_outcome": 80,
     }  # known outcomes first
     assert totals(client.get("/console/usage?window=1h&user=alice001").text) == {
         "ok": 5,
+        "revoked": 7,
         "limited": 20,
         "brand_new_outcome": 40,
     }
@@ -399,14 +403,14 @@ def test_usage_and_audit_pages_show_every_outcome(console):
     for label in ("ok (5)", "limited (20)", "brand_new_outcome (40)", "user alice001"):
         assert label in svg.text, label
     page = client.get("/console/audit").text
-    assert re.search(r"125 rows, page 1 of 3", page)
+    assert re.search(r"126 rows, page 1 of 3", page)  # 125 + the refusal summary
     assert "<option >brand_new_outcome</option>" in page  # the filter offers what the log holds
     assert page.count("<tr data-outcome=") == 50
     older = html.unescape(re.search(r'href="([^"]+)" id="older"', page).group(1))
     page3 = client.get(
         html.unescape(re.search(r'href="([^"]+)" id="older"', client.get(older).text).group(1))
     ).text
-    assert "page 3 of 3" in page3 and page3.count("<tr data-outcome=") == 25
+    assert "page 3 of 3" in page3 and page3.count("<tr data-outcome=") == 26
     r = client.get("/console/audit", params={"user": "alice001", "outcome": "brand_new_outcome"})
     assert "40 rows" in r.text and set(re.findall(r'data-outcome="([^"]+)"', r.text)) == {
         "brand_new_outcome"

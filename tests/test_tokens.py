@@ -212,22 +212,29 @@ def test_cli_rejects_bad_image_files(trained, tmp_path, capsys):
     assert main(["identify", str(big), "--encoder", str(out), "--resize"]) == 0
 
 
-def test_shipped_encoder_decodes_unseen_ids(capsys, tmp_path):
-    """The encoder that ships in the package (trained by the cpu preset) loads by name and meets
-    its decoding target on real Fashion-MNIST test images with ids never seen in training."""
-    gen = TokenGenerator.load("fashion-mnist-32")
-    assert (gen.arch.image_size, gen.arch.channels) == (32, 3)
-    report = tmp_path / "report.json"
-    assert main(["eval-tokens", "--encoder", "fashion-mnist-32", "--limit-test", "300",
-                 "--seed", "7", "--json", str(report)]) == 0  # fmt: skip
-    out = capsys.readouterr().out
-    assert "PSNR" in out and report.is_file()
+@pytest.mark.parametrize("name", ["fashion-mnist-32", "fashion-mnist-32-transit"])
+def test_shipped_encoder_decodes_unseen_ids(name, capsys, tmp_path):
+    """The encoders that ship in the package load by name and meet their decoding targets on real
+    Fashion-MNIST test images with ids never seen in training; the transit encoder also after a
+    real JPEG at quality 90 and 75."""
     import json
 
+    gen = TokenGenerator.load(name)
+    assert (gen.arch.image_size, gen.arch.channels) == (32, 3)
+    report = tmp_path / "report.json"
+    assert main(["eval-tokens", "--encoder", name, "--limit-test", "300",
+                 "--seed", "7", "--json", str(report)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "PSNR" in out and "JPEG 90" in out and report.is_file()
     metrics = json.loads(report.read_text())
     assert metrics["exact_id_rate"] >= 99.0
     assert metrics["clean_identified_rate"] == 0.0
     assert metrics["psnr"] > 30
+    if name.endswith("-transit"):
+        assert metrics["exact_id_rate_jpeg90"] >= 99.0 and metrics["exact_id_rate_jpeg75"] >= 95.0
+        assert metrics["exact_id_rate_noise0.01"] >= 99.0
+    else:  # the first encoder was trained without JPEG: its ids do not survive it
+        assert metrics["exact_id_rate_jpeg90"] < 10.0
 
 
 def test_cli_train_encoder_with_overrides(tmp_path, capsys):
