@@ -3,6 +3,7 @@ pixel: every value is a known function of (image, channel, row, column), so a tr
 swapped channel, reordered batch or shifted label shows up."""
 
 import gzip
+import io
 import pickle
 import struct
 from pathlib import Path
@@ -33,6 +34,39 @@ def assert_images(images: torch.Tensor, expected: np.ndarray) -> None:
 
 
 # -- CIFAR-10: cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta --
+class Py2Pickler(pickle._Pickler):
+    """Writes str and bytes as Python 2 str (BINSTRING opcodes), as cPickle wrote the CIFAR
+    files: they load only with encoding="latin1" (the default ascii fails on the pixel bytes)."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        raw = obj.encode("latin1") if isinstance(obj, str) else obj
+        if len(raw) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(raw)]) + raw)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+        self.memoize(obj)
+
+    dispatch[str] = save_py2_str
+    dispatch[bytes] = save_py2_str
+
+
+def py2_pickle(obj) -> bytes:
+    """``obj`` pickled as Python 2 / numpy 1 did (numpy.core, not numpy._core)."""
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
+def test_py2_pickles_need_latin1():
+    raw = py2_pickle({"data": pattern(1, 32, 32).reshape(1, -1), "labels": [3]})
+    assert b"numpy.core.multiarray" in raw
+    with pytest.raises(UnicodeDecodeError):
+        pickle.loads(raw)
+    assert pickle.loads(raw, encoding="latin1")["labels"] == [3]
+
+
 def cifar_rows(images: np.ndarray) -> np.ndarray:
     """CIFAR's (N, 3072) rows: the 1024 red values (row-major), then green, then blue."""
     return images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
@@ -51,19 +85,19 @@ def write_cifar10(root: Path, per_batch: int = 3, n_test: int = 4) -> tuple[np.n
             "data": cifar_rows(images),
             "filenames": [f"img_{b}_{j}.png" for j in range(per_batch)],
         }
-        (folder / f"data_batch_{b}").write_bytes(pickle.dumps(batch, protocol=2))
+        (folder / f"data_batch_{b}").write_bytes(py2_pickle(batch))
         train.append(images)
         train_labels += labels
     test = pattern(n_test, 32, 32, offset=3)
     test_labels = [9 - j for j in range(n_test)]
     (folder / "test_batch").write_bytes(
-        pickle.dumps({"batch_label": "testing batch 1 of 1", "labels": test_labels,
-                      "data": cifar_rows(test), "filenames": []}, protocol=2)
+        py2_pickle({"batch_label": "testing batch 1 of 1", "labels": test_labels,
+                      "data": cifar_rows(test), "filenames": []})
     )  # fmt: skip
     names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
              "truck"]  # fmt: skip
     meta = {"num_cases_per_batch": per_batch, "label_names": names, "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    (folder / "batches.meta").write_bytes(py2_pickle(meta))
     return np.concatenate(train), np.array(train_labels), test, np.array(test_labels)
 
 
@@ -100,12 +134,12 @@ def test_cifar100_uses_fine_labels_and_meta_names(tmp_path):
         coarse = [j % 20 for j in range(n)]
         batch = {"filenames": [], "batch_label": split, "fine_labels": fine,
                  "coarse_labels": coarse, "data": cifar_rows(images)}  # fmt: skip
-        (folder / split).write_bytes(pickle.dumps(batch, protocol=2))
+        (folder / split).write_bytes(py2_pickle(batch))
         splits[split] = images, fine
     fine_names = [f"fine{i}" for i in range(100)]
     coarse_names = [f"coarse{i}" for i in range(20)]
     meta = {"fine_label_names": fine_names, "coarse_label_names": coarse_names}
-    (folder / "meta").write_bytes(pickle.dumps(meta, protocol=2))
+    (folder / "meta").write_bytes(py2_pickle(meta))
     ds = load_dataset("cifar100", data_root=tmp_path)
     assert (ds.num_classes, ds.class_names[42]) == (100, "fine42")
     for split in ("train", "test"):
