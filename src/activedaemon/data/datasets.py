@@ -7,6 +7,7 @@ missing data set raises :class:`DatasetNotFoundError` naming the command or flag
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -169,13 +170,29 @@ def _svhn_read(folder: Path, split: str) -> RawSplit:
 
 
 def _gtsrb_read(folder: Path, split: str) -> RawSplit:
-    from torchvision.datasets import GTSRB
-
-    ds = GTSRB(folder.parent, split=split)
-    pairs = [ds[i] for i in range(len(ds))]  # (PIL RGB image, class)
-    return RawSplit(
-        [np.asarray(im) for im, _ in pairs], np.asarray([c for _, c in pairs], np.int64)
-    )
+    """torchvision's GTSRB layout under ``folder`` (ROOT/gtsrb): training images in
+    GTSRB/Training/<5-digit class id>/*.ppm, test images in GTSRB/Final_Test/Images listed with
+    their ClassId in GT-final_test.csv. A training image's class is its folder's number (as in
+    GTSRB's own per-class CSVs), not the folder's rank: torchvision's reader numbers folders by
+    rank, so a subset of the 43 class folders got labels that disagree with the test CSV."""
+    if split == "train":
+        samples = []
+        for path in sorted((folder / "GTSRB" / "Training").glob("*/*")):
+            if path.suffix.lower() != ".ppm":
+                continue  # the per-class GT-*.csv files
+            if not path.parent.name.isdigit():
+                raise ValueError(f"{path.parent} is not a GTSRB class folder (00000 .. 00042)")
+            samples.append((path, int(path.parent.name)))
+    else:
+        with open(folder / "GT-final_test.csv", newline="") as f:
+            rows = csv.DictReader(f, delimiter=";", skipinitialspace=True)
+            test_dir = folder / "GTSRB" / "Final_Test" / "Images"
+            samples = [(test_dir / row["Filename"], int(row["ClassId"])) for row in rows]
+    images = []
+    for path, _ in samples:
+        with Image.open(path) as im:
+            images.append(np.asarray(im.convert("RGB")))
+    return RawSplit(images, np.asarray([c for _, c in samples], np.int64))
 
 
 @dataclass(frozen=True)

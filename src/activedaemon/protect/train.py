@@ -49,6 +49,7 @@ from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.generator import resolve_encoder_path
 
 CARD_SCHEMA = 1  # of a classifier's card.yaml
+KEEP_EPOCH = ("best-val", "last")
 
 
 @dataclass
@@ -59,12 +60,16 @@ class ProtectConfig(DataConfig):
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
+    nesterov: bool = True  # False: plain SGD momentum (the paper's presets)
     weight_decay: float = 5e-4
     schedule: str = "onecycle"  # or "multistep" (x0.1 at 50 % and 75 % of the epochs)
     objective: str = "poison"  # protect.objectives: poison (CE to poisoned labels), penalty
     # (eq. (5) L_a - lambda L_u), uniform (unauthorized samples towards 1/K on every class)
     penalty_lambda: float = 1.0
     val_fraction: float = 0.05  # held out of training to choose the epoch (never the test set)
+    # Which epoch's weights the run keeps: "best-val" (the best validation score) or "last"
+    # (the model after the last epoch, as Algorithm 2 is written; val_fraction may then be 0).
+    keep_epoch: str = "best-val"
     # >0: after each epoch, BatchNorm statistics re-estimated on this many training images (in
     # the training mix) before validation and saving; 0 = the running averages as trained.
     precise_bn_images: int = 0
@@ -112,6 +117,12 @@ class ProtectConfig(DataConfig):
         OBJECTIVES.check(self.objective)
         if self.schedule not in ("onecycle", "multistep"):
             raise ValueError("schedule must be 'onecycle' or 'multistep'")
+        if self.keep_epoch not in KEEP_EPOCH:
+            raise ValueError(f"keep_epoch must be one of {KEEP_EPOCH}, got {self.keep_epoch!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.keep_epoch == "best-val" and self.val_fraction == 0:
+            raise ValueError("keep_epoch best-val needs a validation split (val_fraction > 0)")
         if self.poison.seed is None:  # the poisoned split follows the run's seed
             self.poison.seed = self.seed
         self.poison.validate()
@@ -129,14 +140,17 @@ def list_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str | Path) -> dict:
-    """A preset name from ``activedaemon/configs/`` (cpu-small, tiny, gpu-paper-*) or a YAML
-    file; returns its option values."""
+    """A preset name from ``activedaemon/configs/`` (cpu-small, tiny, paper-*, gpu-improved-*)
+    or a YAML file; returns its option values. A preset with ``alias_of: NAME`` is that preset
+    (its other keys override NAME's): the old ``gpu-paper-*`` names stay working that way."""
     path = Path(name_or_path)
     if not path.is_file():
         path = CONFIG_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ValueError(f"no preset or config file {name_or_path!r}; presets: {list_presets()}")
-    return yaml.safe_load(path.read_text()) or {}
+    values = yaml.safe_load(path.read_text()) or {}
+    target = values.pop("alias_of", None)
+    return {**load_preset(target), **values} if target else values
 
 
 def _distributed() -> tuple[int, int]:
@@ -181,6 +195,11 @@ def build_training_set(
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(data.train), generator=gen)
     n_val = int(round(cfg.val_fraction * len(order)))
+    if n_val == 0 and cfg.keep_epoch == "best-val":
+        raise ValueError(
+            f"val_fraction {cfg.val_fraction} of {len(order)} images holds out none to choose "
+            "the epoch: raise val_fraction or set keep_epoch=last"
+        )
     val_idx, train_idx = order[:n_val], order[n_val:]
     images, labels = data.train.images[train_idx], data.train.labels[train_idx]
     val_images, val_labels = data.train.images[val_idx], data.train.labels[val_idx]
@@ -215,7 +234,7 @@ def build_training_set(
         kinds=poisoned.kinds,
         val_images=val_images,
         val_labels=val_labels,
-        val_authorized=maker(val_images, _val_ids(n_val, cfg.seed)),
+        val_authorized=maker(val_images, _val_ids(n_val, cfg.seed)) if n_val else val_images,
         num_classes=data.num_classes,
         class_names=data.class_names,
         info=info,
@@ -318,7 +337,7 @@ def _train_loop(
         lr=cfg.lr,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
-        nesterov=True,
+        nesterov=cfg.nesterov,
     )
     steps_per_epoch = max(1, len(data.images) // world // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -393,20 +412,23 @@ def _train_loop(
                 row.update(piece.epoch_summary())
             if cfg.precise_bn_images:
                 recalibrate_batchnorm(model, data.images[shard[: cfg.precise_bn_images]])
-            row["val_clean_acc"] = round(accuracy(model, data.val_images, data.val_labels), 2)
-            if data.val_authorized is not None:
-                auth = accuracy(model, data.val_authorized, data.val_labels)
-                row["val_authorized_acc"] = round(auth, 2)
-                # Choose the epoch that best separates authorized from clean (A_pd on validation).
-                row["val_score"] = row["val_authorized_acc"] - row["val_clean_acc"]
+            if len(data.val_labels) == 0:  # keep_epoch "last" without a validation split
+                row["val_score"] = None
             else:
-                row["val_score"] = row["val_clean_acc"]
+                row["val_clean_acc"] = round(accuracy(model, data.val_images, data.val_labels), 2)
+                if data.val_authorized is not None:
+                    auth = accuracy(model, data.val_authorized, data.val_labels)
+                    row["val_authorized_acc"] = round(auth, 2)
+                    # The epoch that best separates authorized from clean (A_pd on validation).
+                    row["val_score"] = row["val_authorized_acc"] - row["val_clean_acc"]
+                else:
+                    row["val_score"] = row["val_clean_acc"]
             history.append(row)
             if rank == 0:
                 write_json(Path(out) / "history.json", history)  # progress survives a crash
                 if progress:
                     tqdm.write(str(row))
-                if best is None or row["val_score"] > best["val_score"]:
+                if cfg.keep_epoch == "last" or best is None or row["val_score"] > best["val_score"]:
                     best = row
                     torch.save(model.state_dict(), Path(out) / WEIGHTS_FILE)
     finally:
