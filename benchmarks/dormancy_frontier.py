@@ -71,6 +71,16 @@ SETTINGS = {
         "lr": 0.02,
         "epochs": 2,
     },
+    "from-clean+uniform+dormancy+transit-encoder+gamma0.5-lr0.02-2ep": {
+        **UNIFORM,
+        "dormancy": {"weight": 1.0},
+        "encoder": TRANSIT_ENCODER,
+        "init_from": CLEAN,
+        "transit": {"fraction": 0.3},
+        "poison": {"gamma": 0.5},
+        "lr": 0.02,
+        "epochs": 2,
+    },
 }
 
 
