@@ -1,6 +1,11 @@
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -105,3 +110,32 @@ def db_url(request, tmp_path):
     with admin.begin() as conn:
         conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
     admin.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(run, db, port, log, admin_key, extra=()) -> tuple[subprocess.Popen, str]:
+    """`activedaemon serve` for the run (its card's encoder) on a SQLite registry ``db``, one
+    torch thread, output to ``log``; returns once /healthz answers (at most 180 s)."""
+    from activedaemon.serve.registry import sqlite_url
+
+    env = {**os.environ, "ACTIVEDAEMON_ADMIN_KEY": admin_key, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "activedaemon.cli", "serve", "--model", str(run),
+           "--db", sqlite_url(db), "--port", str(port), *extra]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("the server did not answer /healthz within 180 s")

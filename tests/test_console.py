@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,7 +24,6 @@ import pytest
 import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 
 from activedaemon.attacks.base import AttackResult
 from activedaemon.attacks.dormancy import _row as dormancy_row
@@ -47,10 +45,11 @@ from activedaemon.serve.gate import Gatekeeper
 from activedaemon.serve.registry import NO_USER, QueryLog, Registry, sqlite_url
 from activedaemon.tokens import TokenGenerator
 
+from .conftest import free_port, start_server
+
 ADMIN_KEY = "console-admin-key-0123456789abcdef"
 WRONG_KEY = "console-wrong-key-0123456789abcdef"
 ENCODER = "fashion-mnist-32"
-PG_ENV = "ACTIVEDAEMON_TEST_PG_URL"
 SHOTS_ENV = "ACTIVEDAEMON_CONSOLE_SHOTS"
 
 
@@ -110,26 +109,6 @@ def console(tmp_path, served_run, generator):
     with TestClient(create_app(gate, ADMIN_KEY)) as client:
         yield client, gate
     gate.registry.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """A fresh registry: a SQLite file, or a new schema on the PostgreSQL server."""
-    if request.param == "sqlite":
-        yield sqlite_url(tmp_path / "registry.db")
-        return
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"PostgreSQL run not done: {PG_ENV} is not set (.ci/run sets it)")
-    schema = f"c_{os.urandom(6).hex()}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in base else "?"
-    yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -483,44 +462,6 @@ def test_the_key_is_never_in_a_page_url_or_log(console, caplog, generator, test_
 
 
 # -- in a real browser --------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(run: Path, db: Path, log) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "ACTIVEDAEMON_ADMIN_KEY": ADMIN_KEY, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "activedaemon.cli",
-        "serve",
-        "--model",
-        str(run),
-        "--db",
-        sqlite_url(db),
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("the server did not answer /healthz within 120 s")
-
-
 @pytest.fixture
 def browser():
     missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
@@ -575,7 +516,7 @@ def test_console_in_a_real_browser(browser, served_run, generator, test_images, 
 
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
-        proc, url = start_server(served_run, tmp_path / "registry.db", log)
+        proc, url = start_server(served_run, tmp_path / "registry.db", free_port(), log, ADMIN_KEY)
     admin = httpx.Client(base_url=url, headers={"X-Admin-Key": ADMIN_KEY})
     user = Client(url, "Carol#01", generator)
     try:

@@ -4,9 +4,7 @@ restart, and every user that got a 2xx is there. Then the owner and user CLIs ag
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -16,41 +14,17 @@ import pytest
 from activedaemon.cli import main
 from activedaemon.data import load_dataset
 from activedaemon.imageio import write_png
-from activedaemon.serve.registry import sqlite_url
+
+from .conftest import free_port, start_server
 
 ADMIN_KEY = "durability-admin-key-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(run, db, port, log, extra=()):
-    env = {**os.environ, "ACTIVEDAEMON_ADMIN_KEY": ADMIN_KEY, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "activedaemon.cli", "serve", "--model", str(run), "--encoder",
-           "fashion-mnist-32", "--db", sqlite_url(db), "--port", str(port), *extra]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("the server did not answer /healthz within 180 s")
 
 
 def test_kill_9_keeps_every_acknowledged_user(tiny_protected, tmp_path, monkeypatch, capsys):
     db, log_path = tmp_path / "registry.db", tmp_path / "server.log"
     port = free_port()
     with open(log_path, "wb") as log:
-        proc, url = start_server(tiny_protected, db, port, log)
+        proc, url = start_server(tiny_protected, db, port, log, ADMIN_KEY)
         acked: list[str] = []
         stop = threading.Event()
 
@@ -73,7 +47,7 @@ def test_kill_9_keeps_every_acknowledged_user(tiny_protected, tmp_path, monkeypa
         stop.set()
         adder.join(timeout=30)
         assert len(acked) >= 40
-        proc, url = start_server(tiny_protected, db, port, log)
+        proc, url = start_server(tiny_protected, db, port, log, ADMIN_KEY)
     try:
         admin = {"X-Admin-Key": ADMIN_KEY}
         present = {
@@ -156,7 +130,7 @@ def test_revocation_through_one_worker_holds_in_all(tiny_protected, tmp_path):
     db, log_path = tmp_path / "registry.db", tmp_path / "server.log"
     port = free_port()
     with open(log_path, "wb") as log:
-        proc, url = start_server(tiny_protected, db, port, log, ["--workers", "2"])
+        proc, url = start_server(tiny_protected, db, port, log, ADMIN_KEY, ["--workers", "2"])
     try:
         admin = {"X-Admin-Key": ADMIN_KEY}
         uid = httpx.post(f"{url}/v1/users", json={}, headers=admin).json()["user_id"]
