@@ -502,7 +502,16 @@ def test_console_in_a_real_browser(browser, served_run, generator, test_images, 
         pages.append(d.current_url + "\n" + d.page_source)
 
     def submit(button) -> None:
+        # click() does not wait for the navigation: wait until the old page is gone and the new
+        # one loaded, or a busy machine reads the old page (a flaky failure seen once here).
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import WebDriverWait
+
         button.click()
+        WebDriverWait(d, 60).until(expected_conditions.staleness_of(button))
+        WebDriverWait(d, 60).until(
+            lambda drv: drv.execute_script("return document.readyState") == "complete"
+        )
         pages.append(d.current_url + "\n" + d.page_source)
 
     def row(uid: str):
