@@ -43,22 +43,15 @@ from activedaemon.serve.console import (
 )
 from activedaemon.serve.gate import Gatekeeper
 from activedaemon.serve.registry import NO_USER, QueryLog, Registry, sqlite_url
-from activedaemon.tokens import TokenGenerator
 
-from .conftest import free_port, start_server
+from .conftest import ENCODER, free_port, start_server
 
 ADMIN_KEY = "console-admin-key-0123456789abcdef"
 WRONG_KEY = "console-wrong-key-0123456789abcdef"
-ENCODER = "fashion-mnist-32"
 SHOTS_ENV = "ACTIVEDAEMON_CONSOLE_SHOTS"
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def generator():
-    return TokenGenerator.load(ENCODER)
-
-
 @pytest.fixture(scope="module")
 def test_images():
     data = load_dataset("fashion-mnist", size=32, channels=3, limit_train=0, limit_test=16)

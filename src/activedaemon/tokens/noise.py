@@ -36,10 +36,13 @@ class NoiseConfig:
     p_jpeg: float = 0.5
 
     def __post_init__(self) -> None:
-        q = self.jpeg_quality
-        low, high = (q, q) if isinstance(q, int) or q is None else q
-        if q is not None and not 1 <= low <= high <= 100:
-            raise ValueError(f"noise.jpeg_quality is a quality or [low, high] in 1..100, got {q}")
+        if self.jpeg_quality is None:
+            return
+        low, high = self.jpeg_range()
+        if not 1 <= low <= high <= 100:
+            raise ValueError(
+                f"noise.jpeg_quality is a quality or [low, high] in 1..100, got {self.jpeg_quality}"
+            )
 
     def jpeg_range(self) -> tuple[int, int]:
         q = self.jpeg_quality
