@@ -49,6 +49,22 @@ def test_image_losses_critic_and_mismatch_terms_run(tmp_path):
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "done"
 
 
+def test_init_from_starts_at_a_trained_encoder(tmp_path, tiny_encoder):
+    """With lr 0 a run started from a trained encoder keeps its weights (BatchNorm statistics
+    still move in training mode)."""
+    start, start_dir = tiny_encoder
+    cfg = EncoderTrainConfig.from_dict(
+        {**QUICK, "steps": 3, "lr": 0.0, "critic": False, "init_from": str(start_dir)}
+    )
+    gen = train_encoder(cfg, tmp_path, progress=False)
+    for ours, theirs in ((gen.encoder, start.encoder), (gen.decoder, start.decoder)):
+        for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+            assert torch.equal(a, b), name
+    wider = EncoderTrainConfig.from_dict({**QUICK, "base": 16, "init_from": str(start_dir)})
+    with pytest.raises(ValueError, match="another architecture.*base"):
+        train_encoder(wider, tmp_path / "wider", progress=False)
+
+
 def test_bad_architecture():
     with pytest.raises(ValueError, match="multiple of 4"):
         ArchConfig(image_size=30)

@@ -148,7 +148,23 @@ def finished_run(out: Path | str, config: Any) -> bool:
         saved = yaml.safe_load((out / "config.yaml").read_text())
     except (OSError, ValueError):
         return False
-    return record.get("status") == "done" and saved == _plain(config)
+    return record.get("status") == "done" and _with_defaults(saved, config) == _plain(config)
+
+
+def _with_defaults(saved: Any, config: Any) -> Any:
+    """``saved`` with the fields added since it was written set to their defaults, so that a new
+    option whose default keeps the old behaviour does not make every earlier run look different."""
+    if not (isinstance(saved, dict) and dataclasses.is_dataclass(config)):
+        return saved
+    filled = dict(saved)
+    for f in dataclasses.fields(config):
+        if f.name in filled:
+            filled[f.name] = _with_defaults(filled[f.name], getattr(config, f.name))
+        elif f.default is not dataclasses.MISSING:
+            filled[f.name] = _plain(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            filled[f.name] = _plain(f.default_factory())
+    return filled
 
 
 def finish_run(out: Path | str, metrics: dict[str, Any], prefix: str = "", **extra: Any) -> None:

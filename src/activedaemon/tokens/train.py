@@ -37,6 +37,9 @@ class EncoderTrainConfig(DataConfig):
     lr: float = 1e-3
     final_lr_fraction: float = 0.15  # the last steps run at lr / 10
     seed: int = 0
+    # Start from a trained encoder (a shipped name or a train-encoder run folder) of the same
+    # architecture instead of random weights, e.g. to add JPEG robustness to an invisible one.
+    init_from: str | None = None
     # Architecture (see ArchConfig).
     base: int = 16
     secret_channels: int = 8
@@ -97,6 +100,18 @@ def _bits_loss(decoder: Decoder, images: torch.Tensor, codewords: torch.Tensor):
     return loss, ((logits > 0).float() == codewords).float().mean()
 
 
+def _load_start(name_or_path: str, arch: ArchConfig, encoder: Encoder, decoder: Decoder) -> None:
+    start = TokenGenerator.load(name_or_path)
+    if start.arch != arch:
+        theirs, ours = start.arch.to_dict(), arch.to_dict()
+        diff = {k: (theirs[k], ours[k]) for k in ours if theirs.get(k) != ours[k]}
+        raise ValueError(
+            f"init_from={name_or_path!r} has another architecture (its, this run's): {diff}"
+        )
+    encoder.load_state_dict(start.encoder.state_dict())
+    decoder.load_state_dict(start.decoder.state_dict())
+
+
 def train_encoder(
     cfg: EncoderTrainConfig, out: str | Path, progress: bool = True
 ) -> TokenGenerator:
@@ -113,6 +128,8 @@ def _train(cfg: EncoderTrainConfig, data, out: Path, progress: bool):
     # channels_last: about 1.7x faster convolutions on this CPU.
     cl = torch.channels_last
     encoder, decoder = Encoder(arch).to(memory_format=cl), Decoder(arch).to(memory_format=cl)
+    if cfg.init_from:
+        _load_start(cfg.init_from, arch, encoder, decoder)
     critic = Critic(arch).to(memory_format=cl) if cfg.critic else None
     noise = NoiseLayer(cfg.noise)
     params = list(encoder.parameters()) + list(decoder.parameters())
