@@ -370,6 +370,8 @@ def _train_loop(
                 mininterval=1.0,
             )
             epoch_start, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+            # Loss and accuracy per tenth of the epoch: an epoch's mean hides a late divergence.
+            tenths = torch.zeros(10, 3)  # loss sum, correct, seen
             for step in bar:
                 idx = shard[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                 x = (data.images[idx].to(device).float() / 255).contiguous(
@@ -398,6 +400,13 @@ def _train_loop(
                 seen += len(idx)
                 correct += (batch.logits.argmax(1) == batch.labels).sum().item()
                 loss_sum += loss.item() * len(idx)
+                tenths[step * 10 // steps_per_epoch] += torch.tensor(
+                    [
+                        loss.item() * len(idx),
+                        (batch.logits.argmax(1) == batch.labels).sum(),
+                        len(idx),
+                    ]
+                )
                 if step % 20 == 0:
                     bar.set_postfix(
                         loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}"
@@ -407,6 +416,12 @@ def _train_loop(
                 "seconds": round(time.time() - epoch_start, 1),
                 "train_loss": round(loss_sum / max(seen, 1), 4),
                 "train_acc": round(100 * correct / max(seen, 1), 2),
+                "train_loss_by_tenth": (tenths[:, 0] / tenths[:, 2].clamp(min=1))
+                .round(decimals=4)
+                .tolist(),
+                "train_acc_by_tenth": (100 * tenths[:, 1] / tenths[:, 2].clamp(min=1))
+                .round(decimals=2)
+                .tolist(),
             }
             for piece in pieces:
                 row.update(piece.epoch_summary())
