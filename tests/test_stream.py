@@ -24,7 +24,7 @@ from activedaemon.protect.poison import (
     kind_code,
     poison_batch,
 )
-from activedaemon.protect.stream import TrainPart
+from activedaemon.protect.stream import TrainPart, flip_crop
 from activedaemon.tokens import TokenGenerator
 from tests.test_dataset_formats import pattern, write_cifar10, write_idx
 
@@ -166,11 +166,23 @@ def test_poison_batch_makes_each_kind():
         assert rows.any() and (out[rows] != x[rows]).flatten(1).any(1).all()
 
 
+def test_flip_crop_takes_a_flipped_or_plain_crop_of_each_padded_image():
+    x = torch.rand(6, 3, 10, 10)
+    out = flip_crop(x, torch.Generator().manual_seed(0), pad=2)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    padded = torch.nn.functional.pad(torch.cat([x, x.flip(3)]), (2, 2, 2, 2), mode="reflect")
+    for i in range(6):
+        crops = [padded[j, :, dy : dy + 10, dx : dx + 10] for j in (i, i + 6)
+                 for dy in range(5) for dx in range(5)]  # fmt: skip
+        assert any(torch.equal(out[i], c) for c in crops)
+
+
 def test_protect_stream_on_an_image_folder_via_the_cli(tmp_path, capsys):
     folder = write_folder(tmp_path / "photos", n_per_class=30, size=20)
     out = tmp_path / "run"
     argv = ["protect", "--preset", "tiny", "--dataset", f"imagefolder:{folder}", "--stream",
-            "--workers", "1", "--batch-size", "16", "--out", str(out), "-q"]  # fmt: skip
+            "--workers", "1", "--batch-size", "16", "--set", "augment=flip-crop",
+            "--out", str(out), "-q"]  # fmt: skip
     assert main(argv) == 0
     run = json.loads((out / "run.json").read_text())
     metrics = run["metrics"]
@@ -204,3 +216,5 @@ def test_stream_errors_name_the_problem(tmp_path, capsys):
         [split[i] for i in range(len(split))]
     assert main([*argv, "--workers", "-1", "--dataset", f"imagefolder:{bad}"]) == 2
     assert "workers must be >= 0" in capsys.readouterr().err
+    assert main([*argv[:3], *argv[4:], "--set", "augment=flip-crop"]) == 2  # without --stream
+    assert "needs stream" in capsys.readouterr().err

@@ -105,11 +105,10 @@ class KeyedPermutation:
         return self._walk(position, inverse=True)
 
 
-def _prepare(image: np.ndarray, size: int | None, channels: int | None) -> torch.Tensor:
-    """One HW[C] uint8 image -> (C, H, W) uint8 at ``size`` and ``channels``, converted as
+def _prepare(images: np.ndarray, size: int | None, channels: int | None) -> torch.Tensor:
+    """N HW[C] uint8 images -> (N, C, H, W) uint8 at ``size`` and ``channels``, converted as
     load_dataset converts a whole split (then rounded to 8 bits, as a stored image)."""
-    x = _set_channels(_resize(_to_chw_float(image[None]), size), channels)
-    return to_uint8(x)[0]
+    return to_uint8(_set_channels(_resize(_to_chw_float(images), size), channels))
 
 
 class StreamSplit(Dataset):
@@ -126,12 +125,21 @@ class StreamSplit(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def image(self, i: int) -> torch.Tensor:
-        raw = read_image(os.fsdecode(self.images[i])) if self.files else self.images[i]
-        return _prepare(np.asarray(raw), self.size, self.channels)
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (N, C, H, W) uint8 and labels (N,) of ``indices``: files decoded one by one,
+        an array's rows converted together."""
+        indices = np.asarray(indices, np.int64)
+        if self.files:
+            raws = [read_image(os.fsdecode(self.images[i]))[None] for i in indices]
+            parts = [_prepare(raw, self.size, self.channels) for raw in raws]
+            images = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
+        else:
+            images = _prepare(self.images[indices], self.size, self.channels)
+        return images, torch.from_numpy(self.labels[indices])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.image(i), int(self.labels[i])
+        image, label = self.batch([i])
+        return image[0], int(label[0])
 
     def limit(self, n: int | None) -> StreamSplit:
         """The first n images (all for None)."""

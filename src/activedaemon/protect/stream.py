@@ -11,12 +11,13 @@ validation split is read the same way. Every DDP rank computes the same plan and
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from activedaemon.data.stream import KeyedPermutation, StreamSplit, mix64
@@ -25,8 +26,31 @@ from activedaemon.imageio import to_uint8
 from activedaemon.protect.adversarial import token_budget
 from activedaemon.protect.objectives import TrainBatch
 from activedaemon.protect.poison import PoisonPlan, TokenMaker, poison_batch
+from activedaemon.registries import Registry
 
 _SPLIT_KEY, _VAL_ID_KEY, _BATCH_KEY = 0x57A11, 0x57A12, 0x57A13
+
+# Augmentations of the clean batch on the training device, before its tokens are made (so a
+# token is never cropped or flipped): (images, generator on their device) -> images.
+Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation", ("activedaemon.protect",))
+
+
+@AUGMENTATIONS.register("flip-crop")
+def flip_crop(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """The CIFAR recipe: a random horizontal flip and a random crop of the image padded by
+    ``pad`` pixels (reflected), per image."""
+    n, c, h, w = x.shape
+    flip = torch.rand(n, generator=gen, device=gen.device) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=gen, device=gen.device)
+    rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    return padded[batch, torch.arange(c, device=x.device).view(1, c, 1, 1), rows, cols]
+
+
 CALIBRATION_IMAGES = 256  # authorized images that measure the tokens' RMS and budget
 
 
@@ -45,9 +69,8 @@ class TrainPart(Dataset):
 
     def __getitems__(self, js: list[int]) -> dict[str, Any]:
         js = np.asarray(js)
-        items = [self.split[int(i)] for i in self.global_index(js)]
-        true = torch.tensor([y for _, y in items], dtype=torch.long)
-        batch = {"images": torch.stack([x for x, _ in items]), "true_labels": true}
+        images, true = self.split.batch(self.global_index(js))
+        batch = {"images": images, "true_labels": true}
         if self.plan is None:
             return batch | {"labels": true}
         kinds = self.plan.kinds(js)
@@ -71,11 +94,11 @@ class ValPart(Dataset):
         return self.n_val
 
     def __getitems__(self, vs: list[int]) -> dict[str, Any]:
-        items = [self.split[int(i)] for i in self.order.index(np.asarray(vs))]
+        images, labels = self.split.batch(self.order.index(np.asarray(vs)))
         keys = mix64(self.seed, _VAL_ID_KEY, np.asarray(vs))
         return {
-            "images": torch.stack([x for x, _ in items]),
-            "labels": torch.tensor([y for _, y in items], dtype=torch.long),
+            "images": images,
+            "labels": labels,
             "user_ids": [random_user_id(random.Random(int(k))) for k in keys],
         }
 
@@ -101,6 +124,7 @@ class StreamTrainingSet:
     info: dict[str, Any]
     workers: int
     seed: int
+    augment: Augmentation | None = None
     _loaders: dict = field(default_factory=dict)
 
     @property
@@ -142,6 +166,8 @@ class StreamTrainingSet:
 
         for _, b in zip(range(steps), loader, strict=False):
             x = b["images"].to(device, non_blocking=True).float() / 255
+            if self.augment is not None:
+                x = self.augment(x, gen)
             kinds = b["kinds"].to(device) if "kinds" in b else None
             if self.maker is not None:
                 x = poison_batch(x, kinds, b["user_ids"], self.maker, gen, draw_ids, self.token_rms)
@@ -189,6 +215,7 @@ def build_stream_set(
     maker: TokenMaker | None,
     val_maker: TokenMaker | None,
     workers: int,
+    augment: str = "none",
 ) -> StreamTrainingSet:
     """Hold out the validation split and plan the poisoned set (``maker`` None: a clean run),
     both by keyed permutations of the indices; measure the tokens on a fixed sample."""
@@ -224,4 +251,5 @@ def build_stream_set(
         info=info,
         workers=workers,
         seed=seed,
+        augment=None if augment == "none" else AUGMENTATIONS[augment],
     )

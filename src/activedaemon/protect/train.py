@@ -38,7 +38,7 @@ from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece, piece_config
 from activedaemon.protect.poison import AUTHORIZED, PoisonConfig, TokenMaker, build_poisoned_set
 from activedaemon.protect.start import load_start
-from activedaemon.protect.stream import StreamTrainingSet, build_stream_set
+from activedaemon.protect.stream import AUGMENTATIONS, StreamTrainingSet, build_stream_set
 from activedaemon.runs import (
     CARD_FILE,
     WEIGHTS_FILE,
@@ -87,6 +87,9 @@ class ProtectConfig(DataConfig):
     # whatever the data set's size. False: the data set and poisoned set in memory.
     stream: bool = False
     workers: int = 2  # DataLoader worker processes when streaming (0: in the training process)
+    # Per-batch augmentation of the clean images before their tokens (protect.stream
+    # AUGMENTATIONS: flip-crop); streaming only, as the in-memory set's tokens are made once.
+    augment: str = "none"
     # Start from a trained classifier (protect.start): a run folder, a weights file, or
     # torchvision:NAME (pretrained); None = fresh weights.
     init_from: str | None = None
@@ -132,6 +135,10 @@ class ProtectConfig(DataConfig):
             raise ValueError("keep_epoch best-val needs a validation split (val_fraction > 0)")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.augment != "none":
+            AUGMENTATIONS.check(self.augment)
+            if not self.stream:
+                raise ValueError("augment works per batch, before the tokens: it needs stream")
         if self.poison.seed is None:  # the poisoned split follows the run's seed
             self.poison.seed = self.seed
         self.poison.validate()
@@ -333,6 +340,7 @@ def _stream_training_set(
         maker=maker,
         val_maker=val_maker or maker,
         workers=cfg.workers,
+        augment=cfg.augment,
     )
 
 
