@@ -10,7 +10,7 @@ throughput against the in-memory path.
 2. Throughput: the same number of steps of protection training on Fashion-MNIST (IDX), in
    memory and streaming, in fresh processes. Reports training images/s of the loop and of the
    whole run (the in-memory run builds its poisoned set up front, the streaming one per batch),
-   and streaming / in-memory (target >= 0.8).
+   and streaming / in-memory (target >= 0.8); the best of ``--repeats`` alternated runs each.
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=6000, help="images of the 1x folder")
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100, help="steps of the throughput runs")
+    parser.add_argument("--repeats", type=int, default=2, help="throughput runs of each path")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--folder-root", default=None, help="where to write the PNG folders")
@@ -119,9 +120,9 @@ def main() -> None:
     if args.child:
         return child(json.loads(args.child))
 
+    # The defaults otherwise: 5 % held out for validation (read in batches of 128 as well).
     common = {"arch": "resnet18", "width": args.width, "epochs": 1, "batch_size": 128,
-              "keep_epoch": "last", "val_fraction": 0.01, "seed": 0,
-              "encoder": "fashion-mnist-32", "workers": args.workers}  # fmt: skip
+              "seed": 0, "encoder": "fashion-mnist-32", "workers": args.workers}  # fmt: skip
     report: dict = {"seed": 0, "omp_threads": os.environ.get("OMP_NUM_THREADS"),
                     "cpus": os.cpu_count(), "workers": args.workers}  # fmt: skip
     if not args.skip_rss:
@@ -144,15 +145,20 @@ def main() -> None:
             "ratio_tree": round(large["peak_tree_rss_mib"] / small["peak_tree_rss_mib"], 3),
         }
     if not args.skip_speed:
-        # steps x 128 training images after the 1 % validation split.
-        limit = int(np.ceil(args.steps * 128 / 0.99)) + 1
-        speed = {}
-        for name, stream in (("memory", False), ("stream", True)):
-            cfg = {**common, "dataset": "fashion-mnist", "limit_train": limit, "stream": stream}
-            speed[name] = run(cfg)
-            print(f"{name}: {json.dumps(speed[name])}", flush=True)
+        # steps x 128 training images after the 5 % validation split.
+        limit = int(np.ceil(args.steps * 128 / 0.95)) + 1
+        speed: dict = {}
+        for _ in range(args.repeats):  # alternated, best of each: a shared machine is noisy
+            for name, stream in (("memory", False), ("stream", True)):
+                cfg = {**common, "dataset": "fashion-mnist", "limit_train": limit, "stream": stream}
+                result = run(cfg)
+                print(f"{name}: {json.dumps(result)}", flush=True)
+                best = speed.get(name)
+                if best is None or result["loop_images_per_s"] > best["loop_images_per_s"]:
+                    speed[name] = result
         report["speed"] = {
             "steps": args.steps,
+            "repeats": args.repeats,
             "loop_images_per_s": {k: round(v["loop_images_per_s"], 1) for k, v in speed.items()},
             "run_images_per_s": {k: round(v["run_images_per_s"], 1) for k, v in speed.items()},
             "loop_ratio_stream_over_memory": round(

@@ -383,7 +383,19 @@ SIZE_ADVICE = (
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-Samples = list[tuple[str, int]]  # (image file, class index)
+@dataclass
+class Samples:
+    """An image folder's listing: file names (bytes, one array: a few bytes per file, no
+    Python object each) and their class indices."""
+
+    files: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, rows) -> Samples:
+        return Samples(self.files[rows], self.labels[rows])
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -396,14 +408,21 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def _folder_samples(folder: Path, class_to_idx: dict[str, int]) -> Samples:
+    """torchvision's listing (make_dataset's order), one class at a time so that a folder of
+    millions of files never becomes a list of millions of Python tuples."""
     from torchvision.datasets.folder import make_dataset
 
-    return make_dataset(folder, class_to_idx, extensions=IMAGE_EXTENSIONS, allow_empty=True)
+    files, labels = [np.zeros(0, "S1")], [np.zeros(0, np.int64)]
+    for name in sorted(class_to_idx):
+        one = {name: class_to_idx[name]}
+        found = make_dataset(folder, one, extensions=IMAGE_EXTENSIONS, allow_empty=True)
+        files.append(np.array([os.fsencode(path) for path, _ in found], "S"))
+        labels.append(np.full(len(found), class_to_idx[name], np.int64))
+    return Samples(np.concatenate(files), np.concatenate(labels))
 
 
 def _read_samples(samples: Samples) -> RawSplit:
-    images = [read_image(path) for path, _ in samples]
-    return RawSplit(images, np.asarray([c for _, c in samples], np.int64))
+    return RawSplit([read_image(os.fsdecode(f)) for f in samples.files], samples.labels)
 
 
 def image_folder_samples(
@@ -436,7 +455,7 @@ def image_folder_samples(
     else:
         order = np.random.default_rng(seed).permutation(len(train))
         n_test = int(round(len(order) * test_fraction))
-        train, test = [train[i] for i in order[n_test:]], [train[i] for i in order[:n_test]]
+        train, test = train[order[n_test:]], train[order[:n_test]]
     if len(train) == 0:
         raise DatasetNotFoundError(f"image folder {root} holds no images ({IMAGE_EXTENSIONS})")
     return train, test, classes, root

@@ -202,9 +202,7 @@ def open_stream(
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if name.startswith(IMAGE_FOLDER_PREFIX):
         samples, _, classes, folder = image_folder_samples(name)
-        # File names as one bytes array: no per-file Python objects for the workers to copy.
-        files = np.array([os.fsencode(p) for p, _ in samples])
-        split = StreamSplit(files, np.array([c for _, c in samples]), size, channels)
+        split = StreamSplit(samples.files, samples.labels, size, channels)
         return StreamData(split.limit(limit_train), len(classes), list(classes), folder)
     source = _source(name)
     root = resolve_data_root(data_root)

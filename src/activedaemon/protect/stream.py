@@ -124,6 +124,7 @@ class StreamTrainingSet:
     info: dict[str, Any]
     workers: int
     seed: int
+    eval_batch: int = 128  # validation batches: the training batch size, not the split's size
     augment: Augmentation | None = None
     _loaders: dict = field(default_factory=dict)
 
@@ -193,7 +194,7 @@ class StreamTrainingSet:
     ) -> tuple[float, float | None]:
         """(clean, authorized) validation accuracy in percent (authorized None for clean runs)."""
         model.eval()
-        loader = DataLoader(self.val, batch_size=512, collate_fn=_as_is, num_workers=0)
+        loader = DataLoader(self.val, self.eval_batch, collate_fn=_as_is, num_workers=0)
         clean = auth = 0
         for b in loader:
             x, y = b["images"].to(device).float() / 255, b["labels"].to(device)
@@ -215,6 +216,7 @@ def build_stream_set(
     maker: TokenMaker | None,
     val_maker: TokenMaker | None,
     workers: int,
+    batch_size: int = 128,
     augment: str = "none",
 ) -> StreamTrainingSet:
     """Hold out the validation split and plan the poisoned set (``maker`` None: a clean run),
@@ -251,5 +253,6 @@ def build_stream_set(
         info=info,
         workers=workers,
         seed=seed,
+        eval_batch=batch_size,
         augment=None if augment == "none" else AUGMENTATIONS[augment],
     )

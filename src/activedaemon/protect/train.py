@@ -340,6 +340,7 @@ def _stream_training_set(
         maker=maker,
         val_maker=val_maker or maker,
         workers=cfg.workers,
+        batch_size=cfg.batch_size,
         augment=cfg.augment,
     )
 
