@@ -198,6 +198,10 @@ def test_protect_stream_on_an_image_folder_via_the_cli(tmp_path, capsys):
     assert metrics["token_rms"] > 0 and len(metrics["history"]) == 1
     model = load_classifier(out)
     assert model.card["num_classes"] == 3 and model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    # Every random choice is seeded: reading in the training process gives the same weights.
+    again = tmp_path / "again"
+    assert main([*argv[:-3], "--workers", "0", "--out", str(again), "-q"]) == 0
+    assert (again / "weights.pt").read_bytes() == (out / "weights.pt").read_bytes()
 
 
 def test_stream_errors_name_the_problem(tmp_path, capsys):
