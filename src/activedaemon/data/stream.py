@@ -56,11 +56,6 @@ def mix64(*keys: int | np.ndarray) -> np.ndarray:
     return h
 
 
-def uniform01(*keys: int | np.ndarray) -> np.ndarray:
-    """A float in [0, 1) per key tuple (the hash's top 53 bits)."""
-    return (mix64(*keys) >> np.uint64(11)).astype(np.float64) / float(2**53)
-
-
 class KeyedPermutation:
     """A pseudo-random permutation of [0, n) keyed by ``key``, evaluated per index: a four-round
     Feistel network on the smallest even number of bits that covers n, cycle-walking back
