@@ -41,6 +41,16 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     add_seed(p, default=None, help="random seed, recorded in run.json (default 0)")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        default=None,
+        help="read the training data on the fly (worker processes decode each batch; tokens "
+        "are made per batch): memory stays flat for data sets larger than memory",
+    )
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="data loader processes with --stream (default 2)"
+    )
     add_set(p, "any ProtectConfig option, e.g. --set poison.noise_fraction=0.5")
     add_quiet(p, "no progress bars")
 
@@ -131,7 +141,8 @@ def training_config(args: argparse.Namespace, protected: bool):
 
     values = load_preset(args.preset)
     names = ("dataset", "data_root", "arch", "width", "epochs", "batch_size", "lr", "seed")
-    values.update(given_flags(args, (*names, "limit_train", "encoder", "init_from")))
+    flags = (*names, "limit_train", "encoder", "init_from", "stream", "workers")
+    values.update(given_flags(args, flags))
     source = values.get("init_from") or ""
     if source.startswith("torchvision:") and getattr(args, "arch", None) is None:
         values["arch"] = source  # pretrained torchvision weights bring their architecture

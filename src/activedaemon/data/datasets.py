@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import json
 import os
 import pickle
 import shlex
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,9 @@ class DatasetSource:
     class_names: Callable[[Path], list[str]]
     download: TorchvisionDownload | None = None  # torchvision download into a root
     offline_hint: str = ""  # how to get it without a network
+    # (folder, split, cache folder) -> (images, labels) readable per index without loading the
+    # split (a memory map); None: the streaming path converts the split once (data.stream).
+    mapped: Callable[[Path, str, Path], tuple[np.ndarray, np.ndarray]] | None = None
 
 
 DATASETS: Registry[DatasetSource] = Registry("data set", ("activedaemon.data",))
@@ -141,6 +146,54 @@ def _idx_present(folder: Path) -> bool:
         for s in _IDX_STEMS.values()
         for k, d in (("images", 3), ("labels", 1))
     )
+
+
+def cache_file(path: Path, write: Callable[[Path], None]) -> Path:
+    """``path``, written by ``write(temporary path)`` if missing: the rename makes it whole or
+    absent, so DDP ranks that race to write it are safe."""
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        write(tmp)
+        tmp.replace(path)
+    return path
+
+
+def file_stamp(path: Path) -> str:
+    """A short key that changes when the file does (path, size, modification time)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    return hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+
+
+def idx_memmap(path: Path, cache: Path) -> np.ndarray:
+    """An IDX file of unsigned bytes as a read-only memory map; a .gz one is unpacked into
+    ``cache`` first (streamed, so memory stays bounded), once."""
+    if path.suffix == ".gz":
+
+        def gunzip(tmp: Path) -> None:
+            with gzip.open(path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+
+        path = cache_file(cache / f"{path.stem}-{file_stamp(path)}", gunzip)
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:3] != b"\0\0\x08":
+            raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+        dims = tuple(int(d) for d in np.frombuffer(f.read(4 * head[3]), ">u4"))
+    offset = 4 + 4 * len(dims)
+    if path.stat().st_size - offset != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: header says {list(dims)}")
+    return np.memmap(path, np.uint8, "r", offset=offset, shape=dims)
+
+
+def _idx_mapped(folder: Path, split: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    stem = _IDX_STEMS[split]
+    images = idx_memmap(_idx_file(folder, f"{stem}-images-idx3-ubyte"), cache)
+    labels = idx_memmap(_idx_file(folder, f"{stem}-labels-idx1-ubyte"), cache)
+    if len(images) != len(labels):
+        raise ValueError(f"{folder}: {len(images)} {split} images but {len(labels)} labels")
+    return images, labels
 
 
 def _unpickle(path: Path) -> dict:
@@ -244,6 +297,7 @@ register_dataset(
         class_names=lambda _: list(FASHION_CLASSES),
         download=TorchvisionDownload("FashionMNIST", TRAIN_TEST),
         offline_hint="apt-get install -y dataset-fashion-mnist",
+        mapped=_idx_mapped,
     )
 )
 register_dataset(
@@ -255,6 +309,7 @@ register_dataset(
         read=_idx_reader,
         class_names=lambda _: [str(d) for d in range(10)],
         download=TorchvisionDownload("MNIST", TRAIN_TEST),
+        mapped=_idx_mapped,
     )
 )
 _CIFAR10_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -328,25 +383,54 @@ SIZE_ADVICE = (
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def _read_folder_split(folder: Path, class_to_idx: dict[str, int]) -> RawSplit:
+@dataclass
+class Samples:
+    """An image folder's listing: file names (bytes, one array: a few bytes per file, no
+    Python object each) and their class indices."""
+
+    files: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, rows) -> Samples:
+        return Samples(self.files[rows], self.labels[rows])
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One image file as RGB uint8 (H, W, 3); an unreadable file names itself."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _folder_samples(folder: Path, class_to_idx: dict[str, int]) -> Samples:
+    """torchvision's listing (make_dataset's order), one class at a time so that a folder of
+    millions of files never becomes a list of millions of Python tuples."""
     from torchvision.datasets.folder import make_dataset
 
-    samples = make_dataset(folder, class_to_idx, extensions=IMAGE_EXTENSIONS, allow_empty=True)
-    images = []
-    for path, _ in samples:
-        try:
-            with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB")))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot read image {path}: {e}") from e
-    return RawSplit(images, np.asarray([c for _, c in samples], np.int64))
+    files, labels = [np.zeros(0, "S1")], [np.zeros(0, np.int64)]
+    for name in sorted(class_to_idx):
+        one = {name: class_to_idx[name]}
+        found = make_dataset(folder, one, extensions=IMAGE_EXTENSIONS, allow_empty=True)
+        files.append(np.array([os.fsencode(path) for path, _ in found], "S"))
+        labels.append(np.full(len(found), class_to_idx[name], np.int64))
+    return Samples(np.concatenate(files), np.concatenate(labels))
 
 
-def _load_image_folder(
+def _read_samples(samples: Samples) -> RawSplit:
+    return RawSplit([read_image(os.fsdecode(f)) for f in samples.files], samples.labels)
+
+
+def image_folder_samples(
     spec: str, test_fraction: float = 0.2, seed: int = 0
-) -> tuple[RawSplit, RawSplit, list[str], Path]:
+) -> tuple[Samples, Samples, list[str], Path]:
     """``imagefolder:PATH``: PATH/train + PATH/(val|test) class folders, or PATH/<class>/ split
-    at random (``test_fraction``, ``seed``)."""
+    at random (``test_fraction``, ``seed``). Lists the files only (the streaming path reads
+    them one by one); returns (train samples, test samples, class names, PATH)."""
     from torchvision.datasets.folder import find_classes
 
     root = Path(spec[len(IMAGE_FOLDER_PREFIX) :]).expanduser()
@@ -361,21 +445,27 @@ def _load_image_folder(
         classes, class_to_idx = find_classes(train_dir)
     except FileNotFoundError as e:
         raise DatasetNotFoundError(f"image folder {train_dir}: {e}") from e
-    train = _read_folder_split(train_dir, class_to_idx)
+    train = _folder_samples(train_dir, class_to_idx)
     if test_dir is not None:
         test_classes = find_classes(test_dir)[0]
         if not set(test_classes) <= set(classes):
             extra = sorted(set(test_classes) - set(classes))
             raise ValueError(f"{test_dir} has classes missing from {train_dir}: {extra}")
-        test = _read_folder_split(test_dir, class_to_idx)
+        test = _folder_samples(test_dir, class_to_idx)
     else:
-        order = np.random.default_rng(seed).permutation(len(train.labels))
+        order = np.random.default_rng(seed).permutation(len(train))
         n_test = int(round(len(order) * test_fraction))
-        pick = lambda idx: RawSplit([train.images[i] for i in idx], train.labels[idx])  # noqa: E731
-        train, test = pick(order[n_test:]), pick(order[:n_test])
-    if len(train.labels) == 0:
+        train, test = train[order[n_test:]], train[order[:n_test]]
+    if len(train) == 0:
         raise DatasetNotFoundError(f"image folder {root} holds no images ({IMAGE_EXTENSIONS})")
     return train, test, classes, root
+
+
+def _load_image_folder(
+    spec: str, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[RawSplit, RawSplit, list[str], Path]:
+    train, test, classes, root = image_folder_samples(spec, test_fraction, seed)
+    return _read_samples(train), _read_samples(test), classes, root
 
 
 # ----------------------------------------------------------------------------------------------

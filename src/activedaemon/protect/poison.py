@@ -26,10 +26,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from activedaemon.data.stream import KeyedPermutation, mix64
 from activedaemon.identity import random_user_id
-from activedaemon.imageio import to_uint8
+from activedaemon.imageio import round_8bit, to_uint8
 from activedaemon.registries import Registry
 from activedaemon.runs import WEIGHTS_FILE
 from activedaemon.tokens.generator import TokenGenerator, resolve_encoder_path
@@ -153,8 +155,8 @@ class PoisonedSet:
 def salt_and_pepper(images: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
     """Set a fraction ``amount`` of pixels (all channels) to 0 or 1."""
     n, _, h, w = images.shape
-    hit = torch.rand(n, 1, h, w, generator=gen) < amount
-    value = (torch.rand(n, 1, h, w, generator=gen) < 0.5).to(images.dtype)
+    hit = torch.rand(n, 1, h, w, generator=gen, device=gen.device) < amount
+    value = (torch.rand(n, 1, h, w, generator=gen, device=gen.device) < 0.5).to(images.dtype)
     return torch.where(hit, value, images)
 
 
@@ -163,7 +165,8 @@ def noise_images(idx: torch.Tensor, ctx: KindContext) -> torch.Tensor:
     """Half Gaussian noise with the real tokens' RMS, half salt-and-pepper (2 % of pixels)."""
     half = len(idx) // 2
     clean = ctx.images[idx]
-    gauss = clean[:half] + ctx.token_rms * torch.randn(clean[:half].shape, generator=ctx.gen)
+    noise = torch.randn(clean[:half].shape, generator=ctx.gen, device=ctx.gen.device)
+    gauss = clean[:half] + ctx.token_rms * noise
     return torch.cat([gauss, salt_and_pepper(clean[half:], 0.02, ctx.gen)])
 
 
@@ -171,9 +174,32 @@ def noise_images(idx: torch.Tensor, ctx: KindContext) -> torch.Tensor:
 def moved_token_images(idx: torch.Tensor, ctx: KindContext) -> torch.Tensor:
     """A token made (for a random id) on a different random image, added to this one."""
     n = len(ctx.images)
-    donors = (idx + torch.randint(1, n, (len(idx),), generator=ctx.gen)) % n
+    shift = torch.randint(1, n, (len(idx),), generator=ctx.gen, device=ctx.gen.device)
+    donors = (idx + shift.to(idx.device)) % n
     donor_tokens = ctx.maker(ctx.images[donors], ctx.draw_ids(len(idx))) - ctx.images[donors]
     return ctx.images[idx] + donor_tokens
+
+
+def _part_sizes(n: int, cfg: PoisonConfig) -> tuple[int, dict[str, int]]:
+    """(authorized count, each sample kind's count): gamma of n, then each kind's fraction of
+    the unauthorized rest, in registration order."""
+    n_auth = int(round(cfg.gamma * n))
+    kinds = {
+        name: int(round(cfg.kinds.get(name, 0.0) * (n - n_auth))) for name in SAMPLE_KINDS.names()
+    }
+    return n_auth, kinds
+
+
+def _id_pool(cfg: PoisonConfig, rng: random.Random) -> list[str]:
+    """The random user ids that make the tokens (empty: a fresh id per image)."""
+    return [random_user_id(rng, "ascii" if i % 2 else "alnum") for i in range(cfg.id_pool)]
+
+
+def _make_kinds(out: torch.Tensor, parts: dict[str, torch.Tensor], ctx: KindContext) -> None:
+    """Write each sample kind's images into ``out`` at its rows."""
+    for name, idx in parts.items():
+        if len(idx):
+            out[idx] = SAMPLE_KINDS[name](idx, ctx).clamp(0, 1)
 
 
 def _cache_key(maker_bytes: bytes, cfg: PoisonConfig, images: torch.Tensor) -> str:
@@ -217,15 +243,13 @@ def build_poisoned_set(
     rng = random.Random(seed)
     n = len(images)
     order = torch.randperm(n, generator=gen)
-    n_auth = int(round(cfg.gamma * n))
+    n_auth, counts = _part_sizes(n, cfg)
     auth_idx, unauth_idx = order[:n_auth], order[n_auth:]
-    # Each sample kind takes its fraction of the unauthorized part, in registration order.
     parts, start = {}, 0
-    for name in SAMPLE_KINDS.names():
-        count = int(round(cfg.kinds.get(name, 0.0) * len(unauth_idx)))
+    for name, count in counts.items():
         parts[name], start = unauth_idx[start : start + count], start + count
 
-    pool = [random_user_id(rng, "ascii" if i % 2 else "alnum") for i in range(cfg.id_pool)]
+    pool = _id_pool(cfg, rng)
 
     def draw_ids(k: int) -> list[str]:
         return [rng.choice(pool) if pool else random_user_id(rng) for _ in range(k)]
@@ -239,10 +263,9 @@ def build_poisoned_set(
     ctx = KindContext(images, maker, gen, draw_ids, token_rms)
     kinds = torch.full((n,), CLEAN, dtype=torch.long)
     kinds[auth_idx] = AUTHORIZED
+    _make_kinds(out, parts, ctx)
     for name, idx in parts.items():
-        if len(idx):
-            out[idx] = SAMPLE_KINDS[name](idx, ctx).clamp(0, 1)
-            kinds[idx] = kind_code(name)
+        kinds[idx] = kind_code(name)
     new_labels = labels.clone()
     unauth_labels = STRATEGIES[cfg.strategy](labels[unauth_idx], num_classes, gen, cfg)
     new_labels[unauth_idx] = unauth_labels
@@ -259,3 +282,82 @@ def build_poisoned_set(
         torch.save(asdict(result), tmp)
         tmp.replace(cache_file)
     return result, False
+
+
+# ----------------------------------------------------------------------------------------------
+# The streaming poisoned set: assigned per index, made per batch
+# ----------------------------------------------------------------------------------------------
+class PoisonPlan:
+    """The poisoned set of Algorithm 2 without materialising it, for data read on the fly.
+
+    Sample i's kind, user id and trained-on label follow from (seed, i) alone: a keyed
+    permutation puts i at a position, and positions are cut as :func:`build_poisoned_set` cuts its
+    random order (the first gamma * n authorized, then each sample kind's count), so the counts
+    are the in-memory set's. Every DataLoader worker and DDP rank computes the same answer; the
+    images are made per batch by :func:`poison_batch`."""
+
+    def __init__(self, n: int, num_classes: int, cfg: PoisonConfig) -> None:
+        cfg.validate(num_classes)
+        self.n, self.num_classes, self.cfg = n, num_classes, cfg
+        self.seed = 0 if cfg.seed is None else cfg.seed
+        self.perm = KeyedPermutation(n, int(mix64(self.seed, _PLAN_KEY)))
+        self.n_auth, sizes = _part_sizes(n, cfg)
+        self.bounds = np.cumsum([self.n_auth, *sizes.values()]).clip(max=n)
+        self.codes = np.array([AUTHORIZED, *(kind_code(k) for k in sizes), CLEAN])
+        self.pool = _id_pool(cfg, random.Random(self.seed))
+
+    def kinds(self, idx: np.ndarray) -> np.ndarray:
+        """The kind codes (AUTHORIZED, CLEAN or a sample kind's, see kind_names) of samples."""
+        return self.codes[np.searchsorted(self.bounds, self.perm.position(idx), side="right")]
+
+    def user_ids(self, idx: np.ndarray) -> list[str]:
+        """The user id whose token sample i carries if authorized (from the id pool)."""
+        h = mix64(self.seed, _ID_KEY, np.asarray(idx))
+        if self.pool:
+            return [self.pool[int(k)] for k in h % np.uint64(len(self.pool))]
+        return [random_user_id(random.Random(int(k))) for k in h]
+
+    def labels(self, idx: np.ndarray, true_labels: torch.Tensor, kinds: np.ndarray) -> torch.Tensor:
+        """Trained-on labels: true for authorized samples, the strategy's for the rest (each
+        drawn with its own generator, seeded from (seed, i))."""
+        out = true_labels.clone()
+        strategy = STRATEGIES[self.cfg.strategy]
+        seeds = mix64(self.seed, _LABEL_KEY, np.asarray(idx)) >> np.uint64(1)
+        for row in np.flatnonzero(kinds != AUTHORIZED):
+            gen = torch.Generator().manual_seed(int(seeds[row]))
+            out[row] = strategy(true_labels[row : row + 1], self.num_classes, gen, self.cfg)[0]
+        return out
+
+    def authorized_indices(self, k: int) -> np.ndarray:
+        """The first k authorized samples in the plan's order (same on every rank)."""
+        return self.perm.index(np.arange(min(k, self.n_auth)))
+
+    def counts(self) -> dict[str, int]:
+        sizes = np.diff(self.bounds, prepend=0).tolist() + [self.n - int(self.bounds[-1])]
+        names = kind_names()
+        return {names[int(c)]: s for c, s in zip(self.codes, sizes, strict=True)}
+
+
+_PLAN_KEY, _ID_KEY, _LABEL_KEY = 0x5EED01, 0x5EED02, 0x5EED03  # one hash stream per use
+
+
+def poison_batch(
+    images: torch.Tensor,
+    kinds: torch.Tensor,
+    user_ids: list[str],
+    maker: TokenMaker,
+    gen: torch.Generator,
+    draw_ids: Callable[[int], list[str]],
+    token_rms: float,
+) -> torch.Tensor:
+    """One batch of clean images (float [0, 1], on the training device) made into the poisoned
+    set's: tokens on the authorized rows, the sample kinds' images on theirs (their donors and
+    noise from this batch and ``gen``, a generator on the images' device), rounded to 8 bits
+    as the in-memory set stores them."""
+    out = images.clone()
+    auth = (kinds == AUTHORIZED).nonzero()[:, 0]
+    if len(auth):
+        out[auth] = maker(images[auth], [user_ids[i] for i in auth.tolist()])
+    parts = {name: (kinds == kind_code(name)).nonzero()[:, 0] for name in SAMPLE_KINDS.names()}
+    _make_kinds(out, parts, KindContext(images, maker, gen, draw_ids, token_rms))
+    return round_8bit(out)

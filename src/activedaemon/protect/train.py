@@ -12,7 +12,7 @@ import hashlib
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from activedaemon.data.config import DataConfig
+from activedaemon.data.stream import open_stream
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
 from activedaemon.metrics import accuracy
@@ -37,6 +38,7 @@ from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece, piece_config
 from activedaemon.protect.poison import AUTHORIZED, PoisonConfig, TokenMaker, build_poisoned_set
 from activedaemon.protect.start import load_start
+from activedaemon.protect.stream import AUGMENTATIONS, StreamTrainingSet, build_stream_set
 from activedaemon.runs import (
     CARD_FILE,
     WEIGHTS_FILE,
@@ -80,6 +82,14 @@ class ProtectConfig(DataConfig):
     # names a piece (``dormancy: {weight: 1}``) lands here.
     pieces: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
+    # Read the training data on the fly (DataLoader workers decode each batch; the poisoned set
+    # is assigned per index and made per batch on the training device): memory stays flat
+    # whatever the data set's size. False: the data set and poisoned set in memory.
+    stream: bool = False
+    workers: int = 2  # DataLoader worker processes when streaming (0: in the training process)
+    # Per-batch augmentation of the clean images before their tokens (protect.stream
+    # AUGMENTATIONS: flip-crop); streaming only, as the in-memory set's tokens are made once.
+    augment: str = "none"
     # Start from a trained classifier (protect.start): a run folder, a weights file, or
     # torchvision:NAME (pretrained); None = fresh weights.
     init_from: str | None = None
@@ -123,6 +133,12 @@ class ProtectConfig(DataConfig):
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.keep_epoch == "best-val" and self.val_fraction == 0:
             raise ValueError("keep_epoch best-val needs a validation split (val_fraction > 0)")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.augment != "none":
+            AUGMENTATIONS.check(self.augment)
+            if not self.stream:
+                raise ValueError("augment works per batch, before the tokens: it needs stream")
         if self.poison.seed is None:  # the poisoned split follows the run's seed
             self.poison.seed = self.seed
         self.poison.validate()
@@ -183,6 +199,55 @@ class TrainingSet:
     num_classes: int
     class_names: list[str]
     info: dict[str, Any]
+    seed: int = 0
+
+    @property
+    def num_train(self) -> int:
+        return len(self.images)
+
+    def _shard(self, epoch: int, rank: int, world: int, steps: int, batch_size: int):
+        perm = torch.randperm(
+            len(self.images), generator=torch.Generator().manual_seed(self.seed + epoch)
+        )
+        return perm[rank::world][: steps * batch_size]
+
+    def batches(
+        self, epoch: int, rank: int, world: int, steps: int, batch_size: int, device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, TrainBatch]]:
+        """An epoch's batches of this rank: its share of a seeded permutation."""
+        shard = self._shard(epoch, rank, world, steps, batch_size)
+
+        def rows(tensor: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+            return None if tensor is None else tensor[idx].to(device)
+
+        for step in range(steps):
+            idx = shard[step * batch_size : (step + 1) * batch_size]
+            x = (self.images[idx].to(device).float() / 255).contiguous(
+                memory_format=torch.channels_last
+            )
+            yield (
+                x,
+                TrainBatch(
+                    logits=None,
+                    labels=self.labels[idx].to(device),
+                    true_labels=rows(self.true_labels, idx),
+                    kinds=rows(self.kinds, idx),
+                ),
+            )
+
+    def bn_images(self, count: int, epoch: int, rank: int, world: int, batch_size: int, device):
+        """The first ``count`` training images of an epoch (precise BatchNorm)."""
+        steps = max(1, self.num_train // world // batch_size)
+        return self.images[self._shard(epoch, rank, world, steps, batch_size)[:count]]
+
+    def val_scores(
+        self, model: torch.nn.Module, device: torch.device
+    ) -> tuple[float, float | None]:
+        """(clean, authorized) validation accuracy in percent (authorized None for clean runs)."""
+        clean = accuracy(model, self.val_images, self.val_labels)
+        if self.val_authorized is None:
+            return clean, None
+        return clean, accuracy(model, self.val_authorized, self.val_labels)
 
 
 def build_training_set(
@@ -191,6 +256,8 @@ def build_training_set(
     """Load the data, hold out the validation split (to choose the epoch; never the test set)
     and, for protected runs, build the poisoned set of Algorithm 2 (tokens by ``token_maker``,
     default the config's encoder; the validation split's by ``val_maker``, default the same)."""
+    if cfg.stream:
+        return _stream_training_set(cfg, token_maker, val_maker)
     data = cfg.load_data()
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(data.train), generator=gen)
@@ -213,6 +280,7 @@ def build_training_set(
             num_classes=data.num_classes,
             class_names=data.class_names,
             info=info,
+            seed=cfg.seed,
         )
     maker = val_maker or token_maker or TokenGenerator.load(cfg.encoder).embed
     poisoned, cache_hit = build_poisoned_set(
@@ -238,6 +306,42 @@ def build_training_set(
         num_classes=data.num_classes,
         class_names=data.class_names,
         info=info,
+        seed=cfg.seed,
+    )
+
+
+def _stream_training_set(
+    cfg: ProtectConfig, token_maker: TokenMaker | None, val_maker: TokenMaker | None
+) -> StreamTrainingSet:
+    """The streaming counterpart of build_training_set (protect.stream)."""
+    data = open_stream(
+        cfg.dataset,
+        cfg.data_root,
+        size=cfg.image_size,
+        channels=cfg.channels,
+        limit_train=cfg.limit_train,
+        cache_dir=cfg.cache_dir,
+    )
+    if cfg.keep_epoch == "best-val" and round(cfg.val_fraction * len(data.train)) == 0:
+        raise ValueError(
+            f"val_fraction {cfg.val_fraction} of {len(data.train)} images holds out none to "
+            "choose the epoch: raise val_fraction or set keep_epoch=last"
+        )
+    maker = None
+    if cfg.protected:
+        maker = token_maker or val_maker or TokenGenerator.load(cfg.encoder).embed
+    return build_stream_set(
+        data.train,
+        data.num_classes,
+        data.class_names,
+        seed=cfg.seed,
+        val_fraction=cfg.val_fraction,
+        poison_cfg=cfg.poison,
+        maker=maker,
+        val_maker=val_maker or maker,
+        workers=cfg.workers,
+        batch_size=cfg.batch_size,
+        augment=cfg.augment,
     )
 
 
@@ -269,6 +373,8 @@ def train_classifier(
     # Loaded before seeding: building its networks draws from the global RNG.
     tokens = _load_encoder(cfg) if cfg.protected and token_maker is None else None
     rank, world = _distributed()
+    if tokens is not None and cfg.stream:  # tokens are made per batch, beside the classifier
+        tokens.to(_device(rank))
     seed_everything(cfg.seed)
     data = build_training_set(cfg, token_maker, val_maker=tokens.embed if tokens else None)
     kind = "protect" if cfg.protected else "train-clean"
@@ -316,7 +422,7 @@ def _build_pieces(cfg: ProtectConfig, env: PieceEnv) -> list[TrainingPiece]:
 
 def _train_loop(
     cfg: ProtectConfig,
-    data: TrainingSet,
+    data: TrainingSet | StreamTrainingSet,
     out: str | Path,
     progress: bool,
     rank: int,
@@ -339,7 +445,7 @@ def _train_loop(
         weight_decay=cfg.weight_decay,
         nesterov=cfg.nesterov,
     )
-    steps_per_epoch = max(1, len(data.images) // world // cfg.batch_size)
+    steps_per_epoch = max(1, data.num_train // world // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     if cfg.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
@@ -352,37 +458,22 @@ def _train_loop(
     env = PieceEnv(model, device, data.num_classes, cfg.seed, rank, data.info)
     pieces = _build_pieces(cfg, env) + [make(env) for make in extra_pieces]
 
-    def rows(tensor: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
-        return None if tensor is None else tensor[idx].to(device)
-
     history, best = [], None
     try:
         for epoch in range(cfg.epochs):
             model.train()
-            perm = torch.randperm(
-                len(data.images), generator=torch.Generator().manual_seed(cfg.seed + epoch)
-            )
-            shard = perm[rank::world][: steps_per_epoch * cfg.batch_size]
+            batches = data.batches(epoch, rank, world, steps_per_epoch, cfg.batch_size, device)
             bar = tqdm(
-                range(steps_per_epoch),
+                batches,
+                total=steps_per_epoch,
                 desc=f"epoch {epoch + 1}/{cfg.epochs}",
                 disable=not progress or rank != 0,
                 mininterval=1.0,
             )
-            epoch_start, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+            epoch_start = time.time()
             # Loss and accuracy per tenth of the epoch: an epoch's mean hides a late divergence.
-            tenths = torch.zeros(10, 3)  # loss sum, correct, seen
-            for step in bar:
-                idx = shard[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                x = (data.images[idx].to(device).float() / 255).contiguous(
-                    memory_format=torch.channels_last
-                )
-                batch = TrainBatch(
-                    logits=None,
-                    labels=data.labels[idx].to(device),
-                    true_labels=rows(data.true_labels, idx),
-                    kinds=rows(data.kinds, idx),
-                )
+            tenths = torch.zeros(10, 3, dtype=torch.float64)  # loss sum, correct, seen
+            for step, (x, batch) in enumerate(bar):
                 for piece in pieces:
                     x = piece.perturb(x, batch)
                 with torch.autocast(device.type, enabled=use_amp):
@@ -397,42 +488,36 @@ def _train_loop(
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
-                seen += len(idx)
-                correct += (batch.logits.argmax(1) == batch.labels).sum().item()
-                loss_sum += loss.item() * len(idx)
+                hits = (batch.logits.argmax(1) == batch.labels).sum().item()
                 tenths[step * 10 // steps_per_epoch] += torch.tensor(
-                    [
-                        loss.item() * len(idx),
-                        (batch.logits.argmax(1) == batch.labels).sum(),
-                        len(idx),
-                    ]
+                    [loss.item() * len(x), hits, len(x)], dtype=tenths.dtype
                 )
                 if step % 20 == 0:
+                    loss_sum, correct, seen = tenths.sum(0).tolist()
                     bar.set_postfix(
                         loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}"
                     )
+            loss_sum, correct, seen = tenths.sum(0).tolist()
+            by_tenth = tenths[:, :2] / tenths[:, 2:].clamp(min=1)
             row = {
                 "epoch": epoch + 1,
                 "seconds": round(time.time() - epoch_start, 1),
                 "train_loss": round(loss_sum / max(seen, 1), 4),
                 "train_acc": round(100 * correct / max(seen, 1), 2),
-                "train_loss_by_tenth": (tenths[:, 0] / tenths[:, 2].clamp(min=1))
-                .round(decimals=4)
-                .tolist(),
-                "train_acc_by_tenth": (100 * tenths[:, 1] / tenths[:, 2].clamp(min=1))
-                .round(decimals=2)
-                .tolist(),
+                "train_loss_by_tenth": [round(v, 4) for v in by_tenth[:, 0].tolist()],
+                "train_acc_by_tenth": [round(100 * v, 2) for v in by_tenth[:, 1].tolist()],
             }
             for piece in pieces:
                 row.update(piece.epoch_summary())
             if cfg.precise_bn_images:
-                recalibrate_batchnorm(model, data.images[shard[: cfg.precise_bn_images]])
-            if len(data.val_labels) == 0:  # keep_epoch "last" without a validation split
+                bn = (cfg.precise_bn_images, epoch, rank, world, cfg.batch_size, device)
+                recalibrate_batchnorm(model, data.bn_images(*bn))
+            if data.info["val_images"] == 0:  # keep_epoch "last" without a validation split
                 row["val_score"] = None
             else:
-                row["val_clean_acc"] = round(accuracy(model, data.val_images, data.val_labels), 2)
-                if data.val_authorized is not None:
-                    auth = accuracy(model, data.val_authorized, data.val_labels)
+                clean, auth = data.val_scores(model, device)
+                row["val_clean_acc"] = round(clean, 2)
+                if auth is not None:
                     row["val_authorized_acc"] = round(auth, 2)
                     # The epoch that best separates authorized from clean (A_pd on validation).
                     row["val_score"] = row["val_authorized_acc"] - row["val_clean_acc"]
