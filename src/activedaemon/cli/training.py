@@ -193,8 +193,7 @@ def sweep_values(kind: str, text: str | None) -> list | None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from activedaemon.evaluate.sweep import default_values, point_values, run_sweep
-    from activedaemon.protect.train import load_preset
+    from activedaemon.evaluate.sweep import default_values, point_values, run_sweep, sweep_base
 
     values = sweep_values(args.kind, args.values)
     overrides = {
@@ -202,7 +201,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         **given_flags(args, ("epochs", "limit_train", "limit_test")),
     }
     # Every run's config is checked before the first trains (as run_sweep will build them).
-    base = {**load_preset(args.preset), **overrides}
+    base = sweep_base(args.preset, overrides)
     protect_config({**base, "protected": False})
     for value in values or default_values(args.kind):
         protect_config(point_values(args.kind, base, value))

@@ -19,6 +19,13 @@ ENCODER_COLUMNS = [*SWEEP_COLUMNS, "A_dec", "exact_id_rate", "psnr", "ssim"]
 GAMMA_VALUES = [0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.99]
 
 
+def sweep_base(preset: str, overrides: dict | None) -> dict:
+    """The preset with ``overrides``; a poison override changes only the poison keys it names."""
+    values, overrides = load_preset(preset), overrides or {}
+    poison = {**values.get("poison", {}), **overrides.get("poison", {})}
+    return {**values, **overrides, "poison": poison}
+
+
 def point_values(kind: str, base: dict, value) -> dict:
     """The protect options of one sweep point: ``base`` with the poison option ``kind`` (strategy,
     gamma) or the encoder set to ``value``."""
@@ -49,7 +56,7 @@ def run_sweep(
     if kind not in SWEEP_KINDS:
         raise ValueError(f"kind must be one of {', '.join(SWEEP_KINDS)}")
     values = values or default_values(kind)
-    base = {**load_preset(preset), **(overrides or {})}
+    base = sweep_base(preset, overrides)
     # Every point's config is built (and so validated) before anything trains.
     configs = {value: ProtectConfig.from_dict(point_values(kind, base, value)) for value in values}
     if kind == "encoder":
