@@ -273,3 +273,10 @@ def test_sweep_encoder_refuses_an_encoder_of_another_size(tmp_path, capsys):
             "--set", "image_size=28", "--out", str(tmp_path)]  # fmt: skip
     assert main(argv) == 2
     assert "works on 3x32px" in capsys.readouterr().err
+
+
+def test_sweep_poison_override_keeps_the_presets_other_poison_keys():
+    from activedaemon.evaluate.sweep import sweep_base
+
+    poison = sweep_base("paper-cifar10", {"poison": {"gamma": 0.5}})["poison"]
+    assert poison["gamma"] == 0.5 and poison["kinds"] == {"noise": 0.25}
