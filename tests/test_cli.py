@@ -149,6 +149,8 @@ def test_bad_numbers_fail_at_parse_time(capsys, tmp_path, argv):
         (["compare", "--attacks", "pruning,nope", "--out", "{out}"], "unknown attack 'nope'"),
         (["protect", "--strategy", "nope", "--out", "{out}"], "unknown strategy 'nope'"),
         (["sweep", "strategy", "--values", "single,nope", "--out", "{out}"], "unknown strategy"),
+        (["sweep", "encoder", "--values", "fashion-mnist-32,nope", "--out", "{out}"],
+         "no encoder at 'nope'"),
         (["train-clean", "--arch", "nope", "--out", "{out}"], "unknown classifier 'nope'"),
         (["protect", "--dataset", "nope", "--out", "{out}"], "unknown data set 'nope'"),
         (["protect", "--set", "dataset=nope", "--out", "{out}"], "unknown data set 'nope'"),

@@ -237,3 +237,46 @@ def test_sweep_writes_csv_and_figure(tmp_path, capsys):
     assert [r["strategy"] for r in rows] == ["single", "near"]
     assert all(0 <= float(r["A_ad"]) <= 100 for r in rows)
     assert (tmp_path / "sweep.png").is_file() and (tmp_path / "clean" / "weights.pt").is_file()
+
+
+def test_sweep_encoder_tabulates_one_model_per_encoder(tmp_path, tiny_encoder, capsys):
+    """Table IX's shape: one encoder trained on Fashion-MNIST, one on another data set (an image
+    folder of random RGB images), each protecting its own tiny model on Fashion-MNIST."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("val", 16)):
+        (tmp_path / "other" / split / "x").mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "other" / split / "x" / f"{i}.png")
+    other = tmp_path / "other-encoder"
+    argv = ["train-encoder", "--preset", "tiny", "--dataset", f"imagefolder:{tmp_path / 'other'}",
+            "--steps", "20", "-q", "--out", str(other)]  # fmt: skip
+    assert main(argv) == 0
+    out = tmp_path / "sweep"
+    argv = ["sweep", "encoder", "--values", f"{tiny_encoder[1]},{other}", "--preset", "tiny",
+            "--limit-test", "64", "--out", str(out), "-q"]  # fmt: skip
+    assert main(argv) == 0
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert [r["encoder"] for r in rows] == [str(tiny_encoder[1]), str(other)]
+    assert all(0 <= float(r["A_dec"]) <= 100 and float(r["psnr"]) > 0 for r in rows)
+    assert (out / "encoder-2-other-encoder" / "weights.pt").is_file()
+    assert "other-encoder" in capsys.readouterr().out
+
+
+def test_sweep_encoder_refuses_an_encoder_of_another_size(tmp_path, capsys):
+    argv = ["sweep", "encoder", "--values", "fashion-mnist-32", "--preset", "tiny",
+            "--set", "image_size=28", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 2
+    assert "works on 3x32px" in capsys.readouterr().err
+
+
+def test_sweep_poison_override_keeps_the_presets_other_poison_keys():
+    from activedaemon.evaluate.sweep import sweep_base
+
+    poison = sweep_base("paper-cifar10", {"poison": {"gamma": 0.5}})["poison"]
+    assert poison["gamma"] == 0.5 and poison["kinds"] == {"noise": 0.25}

@@ -70,6 +70,44 @@ def test_bad_architecture():
         ArchConfig(image_size=30)
     with pytest.raises(ValueError, match="channels"):
         ArchConfig(channels=2)
+    with pytest.raises(ValueError, match="secret_size"):
+        ArchConfig(image_size=32, secret_size=33)
+    with pytest.raises(ValueError, match="decoder_stride"):
+        ArchConfig(decoder_stride=3)
+
+
+def test_generator_at_224_with_the_papers_secret_map():
+    """The 224 px preset's networks (a 64 x 64 x 3 secret map, a stride-2 decoder stem): embed
+    and identify keep their shapes, and the dense layer is the paper's size."""
+    arch = ArchConfig(image_size=224, secret_size=64, secret_channels=3, decoder_stride=2)
+    gen = TokenGenerator(arch)
+    assert gen.encoder.secret_dense.out_features == 3 * 64 * 64
+    x = torch.rand(2, 3, 224, 224)
+    x_a = gen.embed(x, ["abcd1234", "wxyz0987"])
+    assert x_a.shape == x.shape and x_a.min() >= 0 and x_a.max() <= 1
+    assert gen.decode_probs(x_a).shape == (2, 127) and len(gen.identify(x_a)) == 2
+
+
+def test_cli_trains_the_224_preset_on_an_image_folder(tmp_path, capsys):
+    """`train-encoder --preset gpu-224` with tiny overrides on 6 images at 224 px: a couple of
+    steps, then the run folder loads as an encoder with the preset's architecture."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        (tmp_path / "data" / split / "photos").mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / split / "photos" / f"{i}.png")
+    out = tmp_path / "run"
+    argv = ["train-encoder", "--preset", "gpu-224", "--dataset", f"imagefolder:{tmp_path / 'data'}",
+            "--steps", "2", "--set", "batch_size=2", "--set", "base=4", "--set", "decoder_width=4",
+            "--set", "critic=false", "-q", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    gen = TokenGenerator.load(out)
+    assert (gen.arch.image_size, gen.arch.secret_size, gen.arch.decoder_stride) == (224, 64, 2)
+    assert gen.embed(torch.rand(1, 3, 224, 224), "abcd1234").shape == (1, 3, 224, 224)
 
 
 def test_noise_layer_is_8bit_and_passes_gradients():

@@ -115,16 +115,20 @@ def add_parsers(sub) -> None:
     p = add_command(
         sub,
         "sweep",
-        help="protect + evaluate over label strategies (Table II) or gamma values (Fig. 2)",
+        help="protect + evaluate over label strategies (Table II), gamma values (Fig. 2) or "
+        "encoders (Table IX)",
         description="Train one clean baseline and one protected model per value, evaluate each, "
-        "and write OUT/sweep.csv and OUT/sweep.png (run folders beside them).",
+        "and write OUT/sweep.csv and OUT/sweep.png (run folders beside them). 'encoder' "
+        "protects the preset's data set with each encoder given (trained on any data set, at "
+        "this data's image size and channels) and adds A_dec, exact-id rate, PSNR and SSIM.",
     )
-    p.add_argument("kind", choices=["strategy", "gamma"])
+    p.add_argument("kind", choices=["strategy", "gamma", "encoder"])
     add_out(p, "folder for sweep.csv, sweep.png and the run folders", required=True)
     p.add_argument(
         "--values",
-        help="comma-separated label strategies or gamma values (default: every strategy, or "
-        "gamma 0.01,0.05,0.1,0.2,0.5,0.8,0.99)",
+        help="comma-separated label strategies, gamma values or encoders (run folders or "
+        "shipped names) (default: every strategy, gamma 0.01,0.05,0.1,0.2,0.5,0.8,0.99, or "
+        "every shipped encoder)",
     )
     add_preset(p)
     p.add_argument("--epochs", type=positive_int)
@@ -191,7 +195,7 @@ def sweep_values(kind: str, text: str | None) -> list | None:
     if not text:
         return None
     names = split_names(text)
-    if kind == "strategy":
+    if kind in ("strategy", "encoder"):
         return names
     try:
         return [float(v) for v in names]
@@ -200,7 +204,7 @@ def sweep_values(kind: str, text: str | None) -> list | None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from activedaemon.protect.train import load_preset
+    from activedaemon.evaluate.sweep import default_values, point_values, run_sweep, sweep_base
 
     values = sweep_values(args.kind, args.values)
     overrides = {
@@ -208,11 +212,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         **given_flags(args, ("epochs", "limit_train", "limit_test")),
     }
     # Every run's config is checked before the first trains (as run_sweep will build them).
-    base = {**load_preset(args.preset), **overrides}
+    base = sweep_base(args.preset, overrides)
     protect_config({**base, "protected": False})
-    for value in values or []:  # the default values are the sweep's own
-        protect_config({**base, "poison": {**base.get("poison", {}), args.kind: value}})
-    from activedaemon.evaluate.sweep import run_sweep
+    for value in values or default_values(args.kind):
+        protect_config(point_values(args.kind, base, value))
 
     path = run_sweep(args.kind, args.out, values, args.preset, overrides, progress=not args.quiet)
     print(path.read_text())

@@ -1,4 +1,5 @@
-"""Sweeps: label strategies (Table II) and gamma (Fig. 2), each point a protect + evaluate run."""
+"""Sweeps, each point a protect + evaluate run: label strategies (Table II), gamma (Fig. 2) and
+encoders (Table IX: an encoder trained on one data set, used to protect a model on another)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,36 @@ from pathlib import Path
 
 from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.protect.poison import STRATEGIES
-from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
+from activedaemon.protect.train import ProtectConfig, load_encoder, load_preset, train_classifier
 from activedaemon.runs import finished_run, run_record, write_json
+from activedaemon.tokens.generator import shipped_encoders
 
+SWEEP_KINDS = ("strategy", "gamma", "encoder")
 SWEEP_COLUMNS = ["A_ad", "A_ud", "A_or", "A_od", "A_pd", "A_td_gaussian", "A_td_mismatched"]
+# A_dec and the tokens' stealth on this data set: what an encoder from elsewhere gives up.
+ENCODER_COLUMNS = [*SWEEP_COLUMNS, "A_dec", "exact_id_rate", "psnr", "ssim"]
 GAMMA_VALUES = [0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.99]
+
+
+def sweep_base(preset: str, overrides: dict | None) -> dict:
+    """The preset with ``overrides``; a poison override changes only the poison keys it names."""
+    values, overrides = load_preset(preset), overrides or {}
+    poison = {**values.get("poison", {}), **overrides.get("poison", {})}
+    return {**values, **overrides, "poison": poison}
+
+
+def point_values(kind: str, base: dict, value) -> dict:
+    """The protect options of one sweep point: ``base`` with the poison option ``kind`` (strategy,
+    gamma) or the encoder set to ``value``."""
+    if kind == "encoder":
+        return {**base, "encoder": str(value)}
+    return {**base, "poison": {**base.get("poison", {}), kind: value}}
+
+
+def default_values(kind: str) -> list:
+    if kind == "strategy":
+        return STRATEGIES.names()
+    return GAMMA_VALUES if kind == "gamma" else shipped_encoders()
 
 
 def run_sweep(
@@ -22,18 +48,21 @@ def run_sweep(
     overrides: dict | None = None,
     progress: bool = True,
 ) -> Path:
-    """Train a clean baseline once, then one protected model per value (every registered label
-    strategy, or gamma values); write sweep.csv + .png. Finished runs of an earlier sweep with
-    the same config are reused."""
-    if kind not in ("strategy", "gamma"):
-        raise ValueError("kind must be 'strategy' or 'gamma'")
-    values = values or (STRATEGIES.names() if kind == "strategy" else GAMMA_VALUES)
-    base = {**load_preset(preset), **(overrides or {})}
+    """Train a clean baseline once, then one protected model per value (label strategies, gamma
+    values, or encoders: run folders or shipped names, each protecting and evaluating its own
+    model on the preset's data set); write sweep.csv + .png. Defaults: every registered
+    strategy, GAMMA_VALUES, every shipped encoder. Finished runs of an earlier sweep with the
+    same config are reused."""
+    if kind not in SWEEP_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(SWEEP_KINDS)}")
+    values = values or default_values(kind)
+    base = sweep_base(preset, overrides)
     # Every point's config is built (and so validated) before anything trains.
-    configs = {
-        value: ProtectConfig.from_dict({**base, "poison": {**base.get("poison", {}), kind: value}})
-        for value in values
-    }
+    configs = {value: ProtectConfig.from_dict(point_values(kind, base, value)) for value in values}
+    if kind == "encoder":
+        for cfg in configs.values():
+            load_encoder(cfg)  # each encoder exists and works at the data's size and channels
+    columns = ENCODER_COLUMNS if kind == "encoder" else SWEEP_COLUMNS
     clean_cfg = ProtectConfig.from_dict({**base, "protected": False})
     config = {"kind": kind, "values": values, "preset": preset, "overrides": overrides or {}}
     with run_record(out, "sweep", config, clean_cfg.seed) as rec:
@@ -42,17 +71,19 @@ def run_sweep(
         if not finished_run(clean, clean_cfg):
             train_classifier(clean_cfg, clean, progress)
         rows = []
-        for value, cfg in configs.items():
-            run = out / f"{kind}-{value}"
+        for i, (value, cfg) in enumerate(configs.items()):
+            # Encoders are paths: numbered, so that two folders of one name stay apart.
+            name = f"{i + 1}-{Path(value).name}" if kind == "encoder" else value
+            run = out / f"{kind}-{name}"
             if not finished_run(run, cfg):
                 train_classifier(cfg, run, progress)
             results = evaluate_protection(
                 run, cfg.encoder, clean, limit_test=cfg.limit_test, per_user_images=0
             )
             write_json(run / "results.json", results)
-            rows.append({kind: value, **{k: _round(results[k]) for k in SWEEP_COLUMNS}})
+            rows.append({kind: value, **{k: _round(results[k]) for k in columns}})
         with open(out / "sweep.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[kind, *SWEEP_COLUMNS])
+            writer = csv.DictWriter(f, fieldnames=[kind, *columns])
             writer.writeheader()
             writer.writerows(rows)
         _plot(kind, rows, out / "sweep.png")
@@ -71,7 +102,7 @@ def _plot(kind: str, rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    labels = [str(r[kind]) for r in rows]
+    labels = [Path(str(r[kind])).name for r in rows]
     for key, style in (("A_ad", "o-"), ("A_ud", "s-"), ("A_td_mismatched", "^--")):
         xs = [r[kind] for r in rows] if kind == "gamma" else range(len(rows))
         ax.plot(xs, [r[key] for r in rows], style, label=key)
@@ -80,7 +111,8 @@ def _plot(kind: str, rows: list[dict], path: Path) -> None:
         ax.set_xlabel("gamma (fraction of authorized training samples)")
     else:
         ax.set_xticks(range(len(rows)), labels)
-        ax.set_xlabel("label strategy for unauthorized samples")
+        what = "encoder" if kind == "encoder" else "label strategy for unauthorized samples"
+        ax.set_xlabel(what)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend()

@@ -345,7 +345,7 @@ def _stream_training_set(
     )
 
 
-def _load_encoder(cfg: ProtectConfig) -> TokenGenerator:
+def load_encoder(cfg: ProtectConfig) -> TokenGenerator:
     """The config's encoder, checked to work at the config's image size and channels."""
     tokens = TokenGenerator.load(cfg.encoder)
     if (tokens.arch.image_size, tokens.arch.channels) != (cfg.image_size, cfg.channels):
@@ -371,7 +371,7 @@ def train_classifier(
     not (a compared scheme's loss hook). ``model`` (any module taking [0, 1] images) is trained
     in place of a fresh ``cfg.arch`` (the Python ``protect``)."""
     # Loaded before seeding: building its networks draws from the global RNG.
-    tokens = _load_encoder(cfg) if cfg.protected and token_maker is None else None
+    tokens = load_encoder(cfg) if cfg.protected and token_maker is None else None
     rank, world = _distributed()
     if tokens is not None and cfg.stream:  # tokens are made per batch, beside the classifier
         tokens.to(_device(rank))

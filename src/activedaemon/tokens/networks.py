@@ -23,6 +23,12 @@ class ArchConfig:
     secret_channels: int = 8  # channels of the low-resolution secret map
     decoder_width: int = 32
     decoder_hidden: int = 512
+    # Side of the secret map (None: image_size / 4, the shipped encoders). The paper's 224 px
+    # design is a 64 x 64 x 3 map: the dense layer then holds 1.6 M weights instead of 3.2 M.
+    secret_size: int | None = None
+    # Stride of the decoder's first conv (1: the shipped encoders). 2 halves the resolution the
+    # decoder works at: at 224 px the full-resolution first layers were most of its time.
+    decoder_stride: int = 1
     # Perceptual mask (None = off, the shipped fashion-mnist-32 encoder): the residual is bounded
     # by max_residual * tanh and scaled per pixel by mask_floor + (1 - mask_floor) * texture,
     # texture = min(1, local std / mask_ref). Flat regions (FMNIST's black background, where
@@ -34,6 +40,10 @@ class ArchConfig:
     def __post_init__(self) -> None:
         if self.image_size < 8 or self.image_size % 4:
             raise ValueError(f"image_size must be a multiple of 4 and >= 8, got {self.image_size}")
+        if self.secret_size is not None and not 1 <= self.secret_size <= self.image_size:
+            raise ValueError(f"secret_size must be in [1, image_size], got {self.secret_size}")
+        if self.decoder_stride not in (1, 2):
+            raise ValueError(f"decoder_stride must be 1 or 2, got {self.decoder_stride}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if not 0 < self.mask_floor <= 1 or self.mask_ref <= 0:
@@ -69,17 +79,17 @@ class Up(nn.Module):
 class Encoder(nn.Module):
     """G_e(x, s): image and 127-bit codeword -> residual (the token), same shape as the image.
 
-    The codeword goes through a dense layer to a (secret_channels, S/4, S/4) map that is upsampled
-    to the image size and concatenated with the image, as in the paper.
+    The codeword goes through a dense layer to a (secret_channels, secret_size, secret_size) map
+    that is nearest-upsampled to the image size and concatenated with the image, as in the paper.
     """
 
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        low = cfg.image_size // 4
+        self.low = cfg.secret_size or cfg.image_size // 4
         b, cs = cfg.base, cfg.secret_channels
-        self.secret_dense = nn.Linear(CODE_BITS, cs * low * low)
-        self.secret_up = nn.Upsample(scale_factor=4, mode="nearest")
+        self.secret_dense = nn.Linear(CODE_BITS, cs * self.low * self.low)
+        self.secret_up = nn.Upsample(size=cfg.image_size, mode="nearest")
         self.inc = nn.Sequential(conv_bn(cfg.channels + cs, b), conv_bn(b, b))
         self.down1 = nn.Sequential(conv_bn(b, 2 * b, stride=2), conv_bn(2 * b, 2 * b))
         self.down2 = nn.Sequential(conv_bn(2 * b, 4 * b, stride=2), conv_bn(4 * b, 4 * b))
@@ -88,8 +98,8 @@ class Encoder(nn.Module):
         self.out = nn.Conv2d(b + cfg.channels, cfg.channels, 1)
 
     def forward(self, images: torch.Tensor, codewords: torch.Tensor) -> torch.Tensor:
-        low = self.cfg.image_size // 4
-        secret = self.secret_dense(codewords - 0.5).view(-1, self.cfg.secret_channels, low, low)
+        secret = self.secret_dense(codewords - 0.5)
+        secret = secret.view(-1, self.cfg.secret_channels, self.low, self.low)
         x = images - 0.5
         x1 = self.inc(torch.cat([x, self.secret_up(secret)], dim=1))
         x2 = self.down1(x1)
@@ -118,7 +128,7 @@ class Decoder(nn.Module):
         super().__init__()
         w = cfg.decoder_width
         self.features = nn.Sequential(
-            conv_bn(cfg.channels, w),
+            conv_bn(cfg.channels, w, stride=cfg.decoder_stride),
             conv_bn(w, w, stride=2),
             conv_bn(w, 2 * w),
             conv_bn(2 * w, 2 * w, stride=2),

@@ -45,6 +45,8 @@ class EncoderTrainConfig(DataConfig):
     secret_channels: int = 8
     decoder_width: int = 32
     decoder_hidden: int = 512
+    secret_size: int | None = None
+    decoder_stride: int = 1
     max_residual: float | None = None  # perceptual mask (ArchConfig); None = off
     mask_floor: float = 1.0
     mask_ref: float = 0.1
@@ -81,6 +83,8 @@ class EncoderTrainConfig(DataConfig):
             secret_channels=self.secret_channels,
             decoder_width=self.decoder_width,
             decoder_hidden=self.decoder_hidden,
+            secret_size=self.secret_size,
+            decoder_stride=self.decoder_stride,
             max_residual=self.max_residual,
             mask_floor=self.mask_floor,
             mask_ref=self.mask_ref,
