@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import yaml
 
 from activedaemon.cli import main
 from activedaemon.data import load_dataset
@@ -88,9 +89,11 @@ def test_generator_at_224_with_the_papers_secret_map():
     assert gen.decode_probs(x_a).shape == (2, 127) and len(gen.identify(x_a)) == 2
 
 
-def test_cli_trains_the_224_preset_on_an_image_folder(tmp_path, capsys):
+@pytest.mark.parametrize("stream", [[], ["--stream", "--workers", "1"]], ids=["memory", "stream"])
+def test_cli_trains_the_224_preset_on_an_image_folder(tmp_path, capsys, stream):
     """`train-encoder --preset gpu-224` with tiny overrides on 6 images at 224 px: a couple of
-    steps, then the run folder loads as an encoder with the preset's architecture."""
+    steps, then the run folder loads as an encoder with the preset's architecture; with
+    --stream the training images are read per batch by a worker process."""
     import numpy as np
     from PIL import Image
 
@@ -103,8 +106,9 @@ def test_cli_trains_the_224_preset_on_an_image_folder(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train-encoder", "--preset", "gpu-224", "--dataset", f"imagefolder:{tmp_path / 'data'}",
             "--steps", "2", "--set", "batch_size=2", "--set", "base=4", "--set", "decoder_width=4",
-            "--set", "critic=false", "-q", "--out", str(out)]  # fmt: skip
+            "--set", "critic=false", "-q", "--out", str(out), *stream]  # fmt: skip
     assert main(argv) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["stream"] == bool(stream)
     gen = TokenGenerator.load(out)
     assert (gen.arch.image_size, gen.arch.secret_size, gen.arch.decoder_stride) == (224, 64, 2)
     assert gen.embed(torch.rand(1, 3, 224, 224), "abcd1234").shape == (1, 3, 224, 224)

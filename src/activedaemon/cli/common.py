@@ -130,6 +130,19 @@ def add_model_encoder(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_stream_flags(p: argparse.ArgumentParser, detail: str = "") -> None:
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        default=None,
+        help="read the training data on the fly (worker processes decode each batch)"
+        f"{detail}: memory stays flat for data sets larger than memory",
+    )
+    p.add_argument(
+        "--workers", type=int, metavar="N", help="data loader processes with --stream (default 2)"
+    )
+
+
 def add_data_flags(
     p: argparse.ArgumentParser,
     *,

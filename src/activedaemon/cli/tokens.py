@@ -16,6 +16,7 @@ from activedaemon.cli.common import (
     add_quiet,
     add_seed,
     add_set,
+    add_stream_flags,
     check_dataset,
     check_names,
     check_user_id,
@@ -58,6 +59,7 @@ def add_parsers(sub) -> None:
     add_seed(p, default=None, help="random seed (default 0), recorded in run.json")
     p.add_argument("--image-size", type=positive_int, help="square image size, a multiple of 4")
     p.add_argument("--channels", type=int, choices=[1, 3])
+    add_stream_flags(p)
     add_set(p, "any other option, e.g. --set w_mismatch=1.0 --set noise.jpeg_quality=75")
     add_quiet(p, "no progress bar")
     p.set_defaults(func=cmd_train_encoder)
@@ -154,7 +156,7 @@ def cmd_train_encoder(args: argparse.Namespace) -> int:
     check_names("encoder preset", [args.preset], list(PRESETS))
     values = dict(PRESETS[args.preset])
     names = ("dataset", "data_root", "steps", "batch_size", "seed", "image_size", "channels")
-    values.update(given_flags(args, (*names, "limit_train")))
+    values.update(given_flags(args, (*names, "limit_train", "stream", "workers")))
     values.update(parse_overrides(args.set))
     try:
         cfg = EncoderTrainConfig.from_dict(values)

@@ -14,6 +14,7 @@ from activedaemon.cli.common import (
     add_quiet,
     add_seed,
     add_set,
+    add_stream_flags,
     fraction,
     given_flags,
     parse_overrides,
@@ -41,16 +42,7 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     add_seed(p, default=None, help="random seed, recorded in run.json (default 0)")
-    p.add_argument(
-        "--stream",
-        action="store_true",
-        default=None,
-        help="read the training data on the fly (worker processes decode each batch; tokens "
-        "are made per batch): memory stays flat for data sets larger than memory",
-    )
-    p.add_argument(
-        "--workers", type=int, metavar="N", help="data loader processes with --stream (default 2)"
-    )
+    add_stream_flags(p, " (tokens are made per batch)")
     add_set(p, "any ProtectConfig option, e.g. --set poison.noise_fraction=0.5")
     add_quiet(p, "no progress bars")
 

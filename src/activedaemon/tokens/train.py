@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from activedaemon.data.config import DataConfig
+from activedaemon.data.stream import open_stream
 from activedaemon.identity import CODE_BITS
 from activedaemon.metrics import lpips_status, psnr_per_image, ssim_fast
 from activedaemon.runs import config_from_dict, run_record, seed_everything, write_json
@@ -40,6 +43,10 @@ class EncoderTrainConfig(DataConfig):
     # Start from a trained encoder (a shipped name or a train-encoder run folder) of the same
     # architecture instead of random weights, e.g. to add JPEG robustness to an invisible one.
     init_from: str | None = None
+    # Read the training images on the fly (DataLoader workers decode each batch): memory stays
+    # flat for image folders larger than memory, e.g. at 224 px. The test split is loaded.
+    stream: bool = False
+    workers: int = 2
     # Architecture (see ArchConfig).
     base: int = 16
     secret_channels: int = 8
@@ -73,6 +80,8 @@ class EncoderTrainConfig(DataConfig):
     def from_dict(cls, values: dict) -> EncoderTrainConfig:
         cfg = config_from_dict(cls, values, {"noise": NoiseConfig}, "encoder training")
         cfg.validate_data()
+        if cfg.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {cfg.workers}")
         return cfg
 
     def arch(self) -> ArchConfig:
@@ -116,12 +125,45 @@ def _load_start(name_or_path: str, arch: ArchConfig, encoder: Encoder, decoder: 
     decoder.load_state_dict(start.decoder.state_dict())
 
 
+def _memory_batches(cfg: EncoderTrainConfig, data, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    images = data.train.images.contiguous(memory_format=torch.channels_last)
+    while True:
+        yield images[torch.randint(len(images), (cfg.batch_size,), generator=gen)]
+
+
+def _stream_batches(cfg: EncoderTrainConfig) -> Iterator[torch.Tensor]:
+    """Batches drawn with replacement, as the in-memory path draws them, read per index."""
+    split = open_stream(
+        cfg.dataset,
+        cfg.data_root,
+        size=cfg.image_size,
+        channels=cfg.channels,
+        limit_train=cfg.limit_train,
+    ).train
+    draws = cfg.steps * cfg.batch_size
+    sampler = RandomSampler(
+        split,
+        replacement=True,
+        num_samples=draws,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    loader = DataLoader(
+        split,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0,
+    )
+    for images, _ in loader:
+        yield (images.float() / 255).contiguous(memory_format=torch.channels_last)
+
+
 def train_encoder(
     cfg: EncoderTrainConfig, out: str | Path, progress: bool = True
 ) -> TokenGenerator:
     """Run Algorithm 1 and write the run folder ``out`` (also a loadable encoder checkpoint)."""
     seed_everything(cfg.seed)
-    data = cfg.load_data()
+    data = cfg.load_data(train=not cfg.stream)
     with run_record(out, "train-encoder", cfg, cfg.seed) as rec:
         generator, rec.metrics = _train(cfg, data, rec.out, progress)
     return generator
@@ -144,8 +186,8 @@ def _train(cfg: EncoderTrainConfig, data, out: Path, progress: bool):
         tqdm.write(f"LPIPS loss off: {lpips_reason}")
     encoder.train(), decoder.train()
 
-    images = data.train.images.contiguous(memory_format=cl)
     gen = torch.Generator().manual_seed(cfg.seed)
+    batches = _stream_batches(cfg) if cfg.stream else _memory_batches(cfg, data, gen)
     image_losses_on, scale, acc_ema = False, cfg.scale_init, 0.5
     log_rows: list[dict] = []
     started = time.time()
@@ -154,7 +196,7 @@ def _train(cfg: EncoderTrainConfig, data, out: Path, progress: bool):
         if step == int(cfg.steps * (1 - cfg.final_lr_fraction)):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr / 10
-        x = images[torch.randint(len(images), (cfg.batch_size,), generator=gen)]
+        x = next(batches)
         codewords = torch.randint(0, 2, (cfg.batch_size, CODE_BITS), generator=gen).float()
         residual = encoder(x, codewords)
         x_a = (x + residual).clamp(0, 1)
