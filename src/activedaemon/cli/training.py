@@ -14,6 +14,7 @@ from activedaemon.cli.common import (
     add_quiet,
     add_seed,
     add_set,
+    epoch_flags,
     fraction,
     given_flags,
     parse_overrides,
@@ -130,8 +131,9 @@ def training_config(args: argparse.Namespace, protected: bool):
     from activedaemon.protect.train import load_preset
 
     values = load_preset(args.preset)
-    names = ("dataset", "data_root", "arch", "width", "epochs", "batch_size", "lr", "seed")
+    names = ("dataset", "data_root", "arch", "width", "batch_size", "lr", "seed")
     values.update(given_flags(args, (*names, "limit_train", "encoder", "init_from")))
+    values.update(epoch_flags(args))
     source = values.get("init_from") or ""
     if source.startswith("torchvision:") and getattr(args, "arch", None) is None:
         values["arch"] = source  # pretrained torchvision weights bring their architecture
@@ -193,6 +195,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     values = sweep_values(args.kind, args.values)
     overrides = {
+        **epoch_flags(args),
         **parse_overrides(args.set),
         **given_flags(args, ("epochs", "limit_train", "limit_test")),
     }
