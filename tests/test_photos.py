@@ -96,7 +96,7 @@ def test_pipeline_on_natural_photos_32px(tmp_path, capsys):
     out = cli(capsys, "attack", "gaussian", "--model", run, "--fast", "--json", "-")
     assert "gaussian" in out
 
-    from activedaemon.protect import load_protected
+    from activedaemon.protect.train import load_protected
     from activedaemon.serve.app import create_app
     from activedaemon.serve.gate import Gatekeeper
     from activedaemon.serve.registry import Registry, sqlite_url
@@ -106,13 +106,14 @@ def test_pipeline_on_natural_photos_32px(tmp_path, capsys):
         gen, model, Registry(sqlite_url(tmp_path / "r.db")), model.card["class_names"]
     )
     x = (
-        ProtectConfig.from_dict({"dataset": f"imagefolder:{folder}", "limit_test": 12})
+        ProtectConfig.from_dict({"dataset": f"imagefolder:{folder}"})
         .load_data(train=False)
         .test.images
     )
     admin = {"X-Admin-Key": "k" * 32}
     with TestClient(create_app(gate, "k" * 32)) as client:
-        uid = client.post("/v1/users", json={"name": "a"}, headers=admin).json()["user_id"]
+        uid = "Photo 01"  # fixed: which images carry it depends on the id with this weak encoder
+        assert client.post("/v1/users", json={"user_id": uid}, headers=admin).status_code == 201
 
         def post(images):
             from activedaemon.client import png_bytes
@@ -125,7 +126,7 @@ def test_pipeline_on_natural_photos_32px(tmp_path, capsys):
         x_a = gen.embed(x, uid)
         read = [i for i, got in enumerate(gen.identify(x_a)) if got == uid]
         assert read, "the tiny encoder should carry some ids"
-        r = post(x_a[read])
+        r = post(x_a[read[:8]])
         assert r.status_code == 200, r.text
         assert {p["class_name"] for p in r.json()["predictions"]} <= set(PHOTOS)
         assert post(x).status_code == 403  # clean photos: no token, no answer
@@ -141,7 +142,9 @@ def test_pipeline_on_natural_photos_224px(tmp_path, capsys):
     cli(capsys, "train-encoder", "--preset", "tiny", *data, "--out", enc, "-q", "--steps", 6,
         "--batch-size", 4, "--set", "limit_test=6")  # fmt: skip
     assert json.loads((enc / "metrics.json").read_text())["images"] == 6
-    sets = ["--set", "image_size=224", "--set", "batch_size=8"]
+    # Width 16, not tiny's 4: torch 2.14.1's CPU convolution backward in channels_last corrupts
+    # the heap with 4 or 8 base channels above 32 px (segfault; width 16 runs).
+    sets = ["--set", "image_size=224", "--set", "batch_size=8", "--set", "width=16"]
     cli(capsys, "protect", "--preset", "tiny", *data[:2], *sets, "--encoder", enc, "--out", run)
     cli(capsys, "evaluate", "--model", run)
     assert json.loads((run / "results.json").read_text())["A_ad"] is not None
