@@ -92,6 +92,8 @@ def train(name: str, overrides: dict, args: argparse.Namespace, protected: bool 
     for key in ("epochs", "limit_train"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
+    if args.epochs is not None or "epochs" in overrides:
+        values["min_steps"] = 0  # an explicit epoch count is exact (cpu-small's min_steps)
     values.update(overrides)  # a setting's own epochs win
     if values.get("init_from") == CLEAN:
         values["init_from"] = str(args.out / "clean")

@@ -26,9 +26,10 @@ def test_console_script_help():
 
 
 COMMANDS = [
-    ["datasets"], ["id"], ["id", "encode"], ["id", "decode"], ["train-encoder"], ["eval-tokens"],
-    ["token"], ["identify"], ["protect"], ["train-clean"], ["evaluate"], ["demo"], ["sweep"],
-    ["attack"], ["compare"], ["serve"], ["query"], ["users"], ["users", "add"], ["users", "show"],
+    ["datasets"], ["photos"], ["id"], ["id", "encode"], ["id", "decode"], ["train-encoder"],
+    ["eval-tokens"], ["token"], ["identify"], ["protect"], ["train-clean"], ["evaluate"], ["demo"],
+    ["sweep"], ["attack"], ["compare"], ["serve"], ["query"], ["users"], ["users", "add"],
+    ["users", "show"],
 ]  # fmt: skip
 
 

@@ -185,6 +185,30 @@ def test_image_quality_of_identical_images():
     assert (q["lpips"] is None) == bool(q["lpips_reason"])
 
 
+def test_ergas_is_torchmetrics_and_stays_finite_on_a_black_band():
+    from torchmetrics.functional.image import error_relative_global_dimensionless_synthesis as tm
+
+    from activedaemon.metrics import ERGAS_RATIO, ergas_per_image
+
+    clean = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    auth = (
+        clean + 0.03 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    ).clamp(0, 1)
+    assert ergas_per_image(auth, clean).mean().item() == pytest.approx(tm(auth, clean).item())
+    # A dark photo patch: one all-black clean band that the token brightens (torchmetrics: inf).
+    clean[0, 2], auth[0, 2] = 0, 0.02
+    assert tm(auth, clean).item() == float("inf")
+    rmse = (auth[0, :2] - clean[0, :2]).flatten(1).pow(2).mean(1).sqrt()
+    mu = clean[0, :2].flatten(1).mean(1)
+    by_hand = 100 / ERGAS_RATIO * (rmse / mu).pow(2).mean().sqrt()  # the two defined bands
+    assert ergas_per_image(auth, clean)[0].item() == pytest.approx(by_hand.item())
+    # An all-black image has no defined band: left out of the mean, and counted.
+    clean[1], auth[1] = 0, 0.01
+    q = image_quality(auth, clean, with_lpips=False)
+    others = ergas_per_image(auth, clean)[[0, 2, 3]]
+    assert q["ergas_images"] == 3 and q["ergas"] == pytest.approx(others.mean().item())
+
+
 def test_quick_training_reaches_decodable_ids(trained, test_images):
     gen, out = trained
     ids = ["SRJu2W7V", ";t9om.Rs"] * 16

@@ -50,6 +50,8 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
         timings["encoder_seconds"] = round(time.time() - started, 1)
 
     base = {**load_preset("cpu-small"), "seed": seed, "encoder": str(encoder)}
+    if epochs is not None:  # exactly that many: the preset's min_steps would lengthen them
+        base["min_steps"] = 0
     for key, value in (
         ("epochs", epochs),
         ("limit_train", limit_train),

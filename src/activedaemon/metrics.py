@@ -1,7 +1,8 @@
-"""Stealthiness metrics of authorized vs clean images (paper Sec. IV-A2c). PSNR, SSIM, ERGAS and
-LPIPS, as reported, come from torchmetrics; :func:`ssim_fast` (the SSIM of the encoder's training
-loss, a separable blur) is written here. LPIPS needs ImageNet backbone weights that torchvision
-downloads; where they cannot be had, its value is None with the reason, never a made-up number."""
+"""Stealthiness metrics of authorized vs clean images (paper Sec. IV-A2c). PSNR, SSIM and
+LPIPS, as reported, come from torchmetrics; ERGAS (:func:`ergas_per_image`, finite where a band is
+all black) and :func:`ssim_fast` (the SSIM of the encoder's training loss, a separable blur) are
+written here. LPIPS needs ImageNet backbone weights that torchvision downloads; where they cannot
+be had, its value is None with the reason, never a made-up number."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import logging
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import (
-    error_relative_global_dimensionless_synthesis,
     peak_signal_noise_ratio,
     structural_similarity_index_measure,
 )
@@ -28,6 +28,21 @@ def psnr_per_image(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def ssim(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean SSIM (differentiable; also a training loss)."""
     return structural_similarity_index_measure(preds, target, data_range=1.0)
+
+
+def ergas_per_image(
+    preds: torch.Tensor, target: torch.Tensor, ratio: float = ERGAS_RATIO
+) -> torch.Tensor:
+    """ERGAS of each image pair: 100 / ratio * sqrt(mean over bands k of (RMSE_k / mu_k)^2), mu_k
+    the mean of the clean (target) band, as torchmetrics computes it. A band whose clean mean is 0
+    (an all-black channel, as in dark photo patches) has no relative error: torchmetrics makes
+    the image's ERGAS, and so any mean over images, inf; here the mean runs over the bands that
+    have one, and an image with none is NaN (left out by :func:`image_quality`)."""
+    rmse = (preds - target).flatten(2).pow(2).mean(2).sqrt()
+    mu = target.flatten(2).mean(2)
+    defined = mu > 0
+    rel = torch.where(defined, rmse / mu.where(defined, torch.ones_like(mu)), 0.0).pow(2)
+    return 100 / ratio * (rel.sum(1) / defined.sum(1)).sqrt()  # 0 / 0 = NaN: no band defined
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -78,11 +93,14 @@ def lpips_status(net: str = "alex") -> tuple[object | None, str | None]:
 def image_quality(
     authorized: torch.Tensor, clean: torch.Tensor, batch_size: int = 500, with_lpips: bool = True
 ) -> dict[str, float | str | None]:
-    """Mean PSNR, SSIM, ERGAS (and LPIPS or None + reason) of authorized vs clean images."""
+    """Mean PSNR, SSIM, ERGAS (and LPIPS or None + reason) of authorized vs clean images;
+    ``ergas_images``: how many images the ERGAS mean covers (those with a band that is not
+    all black, see :func:`ergas_per_image`)."""
     if authorized.shape != clean.shape or authorized.ndim != 4:
         raise ValueError(f"shapes differ or are not NCHW: {authorized.shape} vs {clean.shape}")
     n = len(clean)
-    sums = {"psnr": 0.0, "ssim": 0.0, "ergas": 0.0}
+    sums = {"psnr": 0.0, "ssim": 0.0}
+    ergas_sum, ergas_n = 0.0, 0
     lpips_model, reason = lpips_status() if with_lpips else (None, "not requested")
     lpips_sum = 0.0
     for i in range(0, n, batch_size):
@@ -91,13 +109,14 @@ def image_quality(
         # Identical images have infinite PSNR; cap at 100 dB so that a mean stays finite.
         sums["psnr"] += psnr_per_image(a, c).clamp(max=100).sum().item()
         sums["ssim"] += ssim(a, c).item() * k
-        sums["ergas"] += (
-            error_relative_global_dimensionless_synthesis(a, c, ratio=ERGAS_RATIO).item() * k
-        )
+        e = ergas_per_image(a, c)
+        ergas_sum, ergas_n = ergas_sum + e.nansum().item(), ergas_n + int(e.isfinite().sum())
         if lpips_model is not None:
             a3, c3 = (t.expand(-1, 3, -1, -1) if t.shape[1] == 1 else t for t in (a, c))
             lpips_sum += lpips_model(a3, c3).item() * k
     out: dict[str, float | str | None] = {key: v / max(n, 1) for key, v in sums.items()}
+    out["ergas"] = ergas_sum / ergas_n if ergas_n else None
+    out["ergas_images"] = ergas_n
     out["lpips"] = lpips_sum / max(n, 1) if lpips_model is not None else None
     out["lpips_reason"] = reason
     return out

@@ -188,6 +188,12 @@ def given_flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
+def epoch_flags(args: argparse.Namespace) -> dict:
+    """``--epochs N`` given: N epochs exactly (the preset's ``min_steps`` would lengthen them on a
+    small data set); ``--set min_steps=M`` still applies after it."""
+    return {"epochs": args.epochs, "min_steps": 0} if getattr(args, "epochs", None) else {}
+
+
 def parse_overrides(pairs: list[str], flag: str = "--set") -> dict:
     """KEY=VALUE pairs (VALUE read as YAML; a dotted KEY sets a nested option) -> dict."""
     import yaml

@@ -18,6 +18,7 @@ from activedaemon.cli.common import (
     add_set,
     check_dataset,
     emit_json,
+    epoch_flags,
     given_flags,
     json_only,
     parse_attack_params,
@@ -209,6 +210,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     check_dataset(args.dataset)
     load_preset(args.preset)  # an unknown preset fails here, before the slower imports
     overrides = {
+        **epoch_flags(args),
         **parse_overrides(args.set),
         **given_flags(args, ("epochs", "limit_train")),
     }

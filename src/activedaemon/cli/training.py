@@ -15,6 +15,7 @@ from activedaemon.cli.common import (
     add_seed,
     add_set,
     add_stream_flags,
+    epoch_flags,
     fraction,
     given_flags,
     parse_overrides,
@@ -136,9 +137,10 @@ def training_config(args: argparse.Namespace, protected: bool):
     from activedaemon.protect.train import load_preset
 
     values = load_preset(args.preset)
-    names = ("dataset", "data_root", "arch", "width", "epochs", "batch_size", "lr", "seed")
+    names = ("dataset", "data_root", "arch", "width", "batch_size", "lr", "seed")
     flags = (*names, "limit_train", "encoder", "init_from", "stream", "workers")
     values.update(given_flags(args, flags))
+    values.update(epoch_flags(args))
     source = values.get("init_from") or ""
     if source.startswith("torchvision:") and getattr(args, "arch", None) is None:
         values["arch"] = source  # pretrained torchvision weights bring their architecture
@@ -200,6 +202,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     values = sweep_values(args.kind, args.values)
     overrides = {
+        **epoch_flags(args),
         **parse_overrides(args.set),
         **given_flags(args, ("epochs", "limit_train", "limit_test")),
     }
