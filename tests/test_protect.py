@@ -12,7 +12,8 @@ import torch
 from activedaemon.cli import main
 from activedaemon.data import load_dataset
 from activedaemon.evaluate.protection import RESULT_KEYS, evaluate_protection
-from activedaemon.protect import ProtectConfig, build_classifier, load_classifier
+from activedaemon.protect import ProtectConfig, build_classifier, load_classifier, train_classifier
+from activedaemon.protect.pieces import TrainingPiece
 from activedaemon.protect.poison import (
     AUTHORIZED,
     CLEAN,
@@ -280,3 +281,36 @@ def test_sweep_poison_override_keeps_the_presets_other_poison_keys():
 
     poison = sweep_base("paper-cifar10", {"poison": {"gamma": 0.5}})["poison"]
     assert poison["gamma"] == 0.5 and poison["kinds"] == {"noise": 0.25}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_epoch_mixes_authorized_and_unauthorized_samples(tmp_path, stream):
+    """Each half of each epoch holds authorized samples at about gamma. (Epoch 1 used to replay
+    the poisoning's own permutation: every authorized sample first, then only unauthorized ones,
+    and the model ended the epoch collapsed to the target label.)"""
+    shares: list[float] = []
+
+    class Recorder(TrainingPiece):
+        def perturb(self, x, batch):
+            shares.append((batch.kinds == AUTHORIZED).float().mean().item())
+            return x
+
+    cfg = ProtectConfig.from_dict(
+        {
+            "encoder": ENCODER,
+            "limit_train": 1200,
+            "limit_test": 64,
+            "width": 8,
+            "epochs": 2,
+            "batch_size": 64,
+            "poison": {"gamma": 0.5},
+            "seed": 0,
+            "stream": stream,
+        }
+    )
+    train_classifier(cfg, tmp_path, progress=False, extra_pieces=[lambda env: Recorder(None, env)])
+    per_epoch = len(shares) // 2
+    for epoch in range(2):
+        steps = shares[epoch * per_epoch : (epoch + 1) * per_epoch]
+        for half in (steps[: per_epoch // 2], steps[per_epoch // 2 :]):
+            assert abs(sum(half) / len(half) - 0.5) < 0.1, (epoch, half)

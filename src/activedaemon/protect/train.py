@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -212,9 +213,7 @@ class TrainingSet:
         return len(self.images)
 
     def _shard(self, epoch: int, rank: int, world: int, steps: int, batch_size: int):
-        perm = torch.randperm(
-            len(self.images), generator=torch.Generator().manual_seed(self.seed + epoch)
-        )
+        perm = torch.randperm(len(self.images), generator=_epoch_order(self.seed, epoch))
         return perm[rank::world][: steps * batch_size]
 
     def batches(
@@ -559,6 +558,18 @@ def effective_epochs(cfg: ProtectConfig, steps_per_epoch: int) -> int:
     """The epochs to train: the config's, or as many more as make ``min_steps`` optimizer steps
     (the training length follows the data set's size; a large one keeps the preset's epochs)."""
     return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+
+
+def _epoch_order(seed: int, epoch: int) -> torch.Generator:
+    """The generator of an epoch's sample order: a stream of its own. Seeded with seed + epoch,
+    epoch 0's order was the very permutation that build_poisoned_set used to choose the authorized
+    samples (torch.randperm(n) under the same seed): the first epoch saw every authorized sample
+    first and then only unauthorized ones, and ended collapsed to the target label."""
+    entropy = np.random.SeedSequence([seed, epoch, _EPOCH_ORDER_STREAM]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(entropy))
+
+
+_EPOCH_ORDER_STREAM = 0x0E90C  # tells this stream's seeds apart from other uses of the run's seed
 
 
 def _normalization_of(model: torch.nn.Module) -> dict | None:
