@@ -134,17 +134,20 @@ def test_pipeline_on_natural_photos_32px(tmp_path, capsys):
 
 
 def test_pipeline_on_natural_photos_224px(tmp_path, capsys):
-    """224 px: the same commands complete on 24 training patches with a few steps."""
+    """224 px: the same commands complete on 24 training patches with a few steps, the
+    training images read on the fly (--stream), as a data set too large for memory would be."""
     folder, enc, run = tmp_path / "photos", tmp_path / "encoder", tmp_path / "protected"
     cli(capsys, "photos", "--out", folder, "--size", 224, "--train-per-class", 4,
         "--test-per-class", 2)  # fmt: skip
     data = ["--dataset", f"imagefolder:{folder}", "--image-size", 224]
     cli(capsys, "train-encoder", "--preset", "tiny", *data, "--out", enc, "-q", "--steps", 6,
-        "--batch-size", 4, "--set", "limit_test=6")  # fmt: skip
+        "--batch-size", 4, "--set", "limit_test=6", "--stream", "--workers", 0)  # fmt: skip
     assert json.loads((enc / "metrics.json").read_text())["images"] == 6
     # Width 16, not tiny's 4: torch 2.14.1's CPU convolution backward in channels_last corrupts
     # the heap with 4 or 8 base channels above 32 px (segfault; width 16 runs).
     sets = ["--set", "image_size=224", "--set", "batch_size=8", "--set", "width=16"]
-    cli(capsys, "protect", "--preset", "tiny", *data[:2], *sets, "--encoder", enc, "--out", run)
+    cli(capsys, "protect", "--preset", "tiny", *data[:2], *sets, "--encoder", enc, "--out", run,
+        "--stream", "--workers", 0)  # fmt: skip
+    assert "stream: true" in (run / "config.yaml").read_text()
     cli(capsys, "evaluate", "--model", run)
     assert json.loads((run / "results.json").read_text())["A_ad"] is not None
