@@ -2,7 +2,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -160,11 +159,10 @@ def test_bad_numbers_fail_at_parse_time(capsys, tmp_path, argv):
     ],
 )  # fmt: skip
 def test_unknown_names_fail_before_any_work(capsys, tmp_path, argv, message):
-    """Exit 2 with the valid names, in well under a second: nothing trains, loads or writes."""
+    """Exit 2 with the valid names before any work: nothing trains, loads or writes. (No timed
+    assert: a loaded CI machine once took 1.02 s for this.)"""
     argv = [a.format(out=tmp_path / "run", tmp=tmp_path) for a in argv]
-    started = time.perf_counter()
     code, out, err = run(capsys, *argv)
-    assert time.perf_counter() - started < 1.0
     assert code == 2 and out == ""
     assert err.startswith("activedaemon: error:") and message in err
     assert list(tmp_path.iterdir()) == []  # no run folder

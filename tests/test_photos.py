@@ -82,11 +82,14 @@ def test_pipeline_on_natural_photos_32px(tmp_path, capsys):
     folder, enc, run = tmp_path / "photos", tmp_path / "encoder", tmp_path / "protected"
     cli(capsys, "photos", "--out", folder, "--train-per-class", 40, "--test-per-class", 10)
     data = ["--dataset", f"imagefolder:{folder}"]
-    cli(capsys, "train-encoder", "--preset", "tiny", *data, "--out", enc, "-q")
+    # The cpu preset's networks for 600 steps, image losses off: bits only, visible tokens. It is
+    # here to run every command, not to measure (benchmarks/natural_photos.py measures). The tiny
+    # preset's networks read 0 to 72 % of the ids on these 240 patches, by thread count and noise
+    # schedule alone; these read 100 % at 1 and 2 threads.
+    cli(capsys, "train-encoder", *data, "--steps", 600, "--set", "critic=false",
+        "--set", "warmup_bit_acc=0.98", "--out", enc, "-q")  # fmt: skip
     tokens = json.loads((enc / "metrics.json").read_text())
-    # The tiny preset learns the bits only (and not all of them on 240 photos): it is here to
-    # run every command, not to measure (benchmarks/natural_photos.py measures).
-    assert tokens["exact_id_rate"] > 10 and tokens["ergas"] < float("inf")
+    assert tokens["exact_id_rate"] > 50 and tokens["ergas"] < float("inf")
     cli(capsys, "protect", "--preset", "tiny", *data, "--encoder", enc, "--out", run, "-q")
     card_names = json.loads((run / "run.json").read_text())["metrics"]
     assert card_names["epochs_run"] == 1 and card_names["optimizer_steps"] >= 1
