@@ -12,6 +12,20 @@ from sqlalchemy import create_engine, text
 from activedaemon.protect import ProtectConfig, train_classifier
 from activedaemon.tokens.train import PRESETS, EncoderTrainConfig, train_encoder
 
+
+def write_random_image_folder(root, counts: dict[str, int], shape: tuple[int, int], cls: str):
+    """An image folder root/<split>/<cls>/<i>.png of random RGB images (seed 0)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in counts.items():
+        (root / split / cls).mkdir(parents=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+
+
 # A few-second encoder on 256 real Fashion-MNIST images: ids decode, tokens are visible.
 QUICK_ENCODER = {**PRESETS["tiny"], "limit_test": 32}
 

@@ -24,6 +24,8 @@ from activedaemon.protect.poison import (
 )
 from activedaemon.tokens import TokenGenerator
 
+from .conftest import write_random_image_folder
+
 ENCODER = "fashion-mnist-32"
 
 
@@ -245,15 +247,7 @@ def test_sweep_encoder_tabulates_one_model_per_encoder(tmp_path, tiny_encoder, c
     folder of random RGB images), each protecting its own tiny model on Fashion-MNIST."""
     import csv
 
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 48), ("val", 16)):
-        (tmp_path / "other" / split / "x").mkdir(parents=True)
-        for i in range(n):
-            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "other" / split / "x" / f"{i}.png")
+    write_random_image_folder(tmp_path / "other", {"train": 48, "val": 16}, (40, 40), "x")
     other = tmp_path / "other-encoder"
     argv = ["train-encoder", "--preset", "tiny", "--dataset", f"imagefolder:{tmp_path / 'other'}",
             "--steps", "20", "-q", "--out", str(other)]  # fmt: skip

@@ -13,6 +13,7 @@ from activedaemon.tokens.noise import NoiseLayer, quantize_8bit
 from activedaemon.tokens.train import EncoderTrainConfig, train_encoder
 
 from .conftest import QUICK_ENCODER as QUICK
+from .conftest import write_random_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -94,15 +95,7 @@ def test_cli_trains_the_224_preset_on_an_image_folder(tmp_path, capsys, stream):
     """`train-encoder --preset gpu-224` with tiny overrides on 6 images at 224 px: a couple of
     steps, then the run folder loads as an encoder with the preset's architecture; with
     --stream the training images are read per batch by a worker process."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 4), ("val", 2)):
-        (tmp_path / "data" / split / "photos").mkdir(parents=True)
-        for i in range(n):
-            pixels = rng.integers(0, 256, (240, 260, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(tmp_path / "data" / split / "photos" / f"{i}.png")
+    write_random_image_folder(tmp_path / "data", {"train": 4, "val": 2}, (240, 260), "photos")
     out = tmp_path / "run"
     argv = ["train-encoder", "--preset", "gpu-224", "--dataset", f"imagefolder:{tmp_path / 'data'}",
             "--steps", "2", "--set", "batch_size=2", "--set", "base=4", "--set", "decoder_width=4",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from activedaemon.data.datasets import IMAGE_FOLDER_PREFIX, ImageDataset, _source, load_dataset
+from activedaemon.data.stream import StreamData, open_stream
 
 
 @dataclass
@@ -36,4 +37,15 @@ class DataConfig:
             channels=self.channels,
             limit_train=self.limit_train if train else 0,
             limit_test=self.limit_test if limit_test is None else limit_test,
+        )
+
+    def open_stream(self, cache_dir: str | None = None) -> StreamData:
+        """The training split at this config's size, read per index (``--stream``)."""
+        return open_stream(
+            self.dataset,
+            self.data_root,
+            size=self.image_size,
+            channels=self.channels,
+            limit_train=self.limit_train,
+            cache_dir=cache_dir,
         )

@@ -25,7 +25,6 @@ import yaml
 from tqdm.auto import tqdm
 
 from activedaemon.data.config import DataConfig
-from activedaemon.data.stream import open_stream
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
 from activedaemon.metrics import accuracy
@@ -319,14 +318,7 @@ def _stream_training_set(
     cfg: ProtectConfig, token_maker: TokenMaker | None, val_maker: TokenMaker | None
 ) -> StreamTrainingSet:
     """The streaming counterpart of build_training_set (protect.stream)."""
-    data = open_stream(
-        cfg.dataset,
-        cfg.data_root,
-        size=cfg.image_size,
-        channels=cfg.channels,
-        limit_train=cfg.limit_train,
-        cache_dir=cfg.cache_dir,
-    )
+    data = cfg.open_stream(cfg.cache_dir)
     if cfg.keep_epoch == "best-val" and round(cfg.val_fraction * len(data.train)) == 0:
         raise ValueError(
             f"val_fraction {cfg.val_fraction} of {len(data.train)} images holds out none to "

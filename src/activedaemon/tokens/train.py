@@ -22,7 +22,6 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from activedaemon.data.config import DataConfig
-from activedaemon.data.stream import open_stream
 from activedaemon.identity import CODE_BITS
 from activedaemon.metrics import lpips_status, psnr_per_image, ssim_fast
 from activedaemon.runs import config_from_dict, run_record, seed_everything, write_json
@@ -133,13 +132,7 @@ def _memory_batches(cfg: EncoderTrainConfig, data, gen: torch.Generator) -> Iter
 
 def _stream_batches(cfg: EncoderTrainConfig) -> Iterator[torch.Tensor]:
     """Batches drawn with replacement, as the in-memory path draws them, read per index."""
-    split = open_stream(
-        cfg.dataset,
-        cfg.data_root,
-        size=cfg.image_size,
-        channels=cfg.channels,
-        limit_train=cfg.limit_train,
-    ).train
+    split = cfg.open_stream().train
     draws = cfg.steps * cfg.batch_size
     sampler = RandomSampler(
         split,
