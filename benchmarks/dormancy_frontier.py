@@ -20,6 +20,8 @@ import csv
 import json
 from pathlib import Path
 
+import torch
+
 from activedaemon.attacks import run_attack
 from activedaemon.attacks.suite import load_context
 from activedaemon.evaluate.protection import evaluate_protection
@@ -34,6 +36,18 @@ TRANSIT_KEYS = [
 ]
 UNIFORM = {"objective": "uniform"}
 CLEAN = "<this run's clean baseline>"
+# The warm start: the owner's clean model, the JPEG-trained encoder, uniform targets and the
+# feature term, gamma 0.5, two epochs at lr 0.02.
+WARM = {
+    **UNIFORM,
+    "dormancy": {"weight": 1.0},
+    "encoder": TRANSIT_ENCODER,
+    "init_from": CLEAN,
+    "transit": {"fraction": 0.3},
+    "poison": {"gamma": 0.5},
+    "lr": 0.02,
+    "epochs": 2,
+}
 SETTINGS = {
     "paper": {},  # Algorithm 2 as the cpu-small preset has it: single hard target
     "uniform": UNIFORM,
@@ -71,15 +85,28 @@ SETTINGS = {
         "lr": 0.02,
         "epochs": 2,
     },
-    "from-clean+uniform+dormancy+transit-encoder+gamma0.5-lr0.02-2ep": {
+    "from-clean+uniform+dormancy+transit-encoder+gamma0.5-lr0.02-2ep": WARM,
+    # Levers against the active thieves (per-query wake-up, universal keys): the worst
+    # neighbour of unauthorized samples in the loop, noise on the unauthorized path.
+    "warm+wakeup0.5": {**WARM, "wakeup": {"fraction": 0.5, "budget_scale": 0.5}},
+    "warm+wakeup1": {**WARM, "wakeup": {"fraction": 0.5, "budget_scale": 1.0}},
+    "warm+wakeup2": {**WARM, "wakeup": {"fraction": 0.5, "budget_scale": 2.0}},
+    "warm+smoothing": {**WARM, "smoothing": {"fraction": 0.3, "sigma": 0.1}},
+    "warm+wakeup1+smoothing+adversarial": {
+        **WARM,
+        "wakeup": {"fraction": 0.5, "budget_scale": 1.0},
+        "smoothing": {"fraction": 0.3, "sigma": 0.1},
+        "adversarial": {"fraction": 0.25},
+    },
+    "warm+wakeup1-4ep": {**WARM, "wakeup": {"fraction": 0.5, "budget_scale": 1.0}, "epochs": 4},
+    "warm-plain+wakeup1": {
+        **{k: v for k, v in WARM.items() if k not in ("encoder", "transit")},
+        "wakeup": {"fraction": 0.5, "budget_scale": 1.0},
+    },
+    "uniform+dormancy+wakeup1": {
         **UNIFORM,
         "dormancy": {"weight": 1.0},
-        "encoder": TRANSIT_ENCODER,
-        "init_from": CLEAN,
-        "transit": {"fraction": 0.3},
-        "poison": {"gamma": 0.5},
-        "lr": 0.02,
-        "epochs": 2,
+        "wakeup": {"fraction": 0.5, "budget_scale": 1.0},
     },
 }
 
@@ -107,12 +134,20 @@ def measure(name: str, run: Path, clean: Path, args: argparse.Namespace) -> dict
     common = {"limit_test": args.limit_test, "seed": args.seed}
     ev = evaluate_protection(run, None, clean, per_user_images=100, **common)  # the card's encoder
     ctx = load_context(run, None, fast=args.fast, out=args.out / name / "attacks", **common)
+    if torch.cuda.is_available():  # the thieves' searches and fine-tuning on the GPU
+        ctx.model.to("cuda")
     transit = run_attack("transit", ctx).metrics
     audit = run_attack("dormancy", ctx)
+    active = run_attack("wake", ctx)
     steps = 30 if args.fast else args.reverse_steps
     reverse = run_attack("reverse", ctx, steps=steps, budget_scales=(1.0,)) if steps else None
     trained = json.loads((run / "run.json").read_text())
-    gains = {k.removeprefix("gain_"): v for k, v in audit.metrics.items() if k.startswith("gain_")}
+    gains = {
+        k.removeprefix("gain_"): v
+        for result in (audit, active)
+        for k, v in result.metrics.items()
+        if k.startswith("gain_")
+    }
     worst = max(gains, key=gains.get)
     return {
         "setting": name,
@@ -128,8 +163,11 @@ def measure(name: str, run: Path, clean: Path, args: argparse.Namespace) -> dict
         "encoder": ctx.model.card["encoder"],
         "universal_x1": reverse.metrics["universal_x1"] if reverse else None,
         "neural_cleanse": reverse.metrics["neural_cleanse"] if reverse else None,
+        **{k: v for k, v in active.metrics.items() if not k.startswith(("gain_", "A_", "max"))},
+        "max_wake_gain": active.metrics["max_gain"],
         "epoch_seconds": trained["metrics"]["epoch_seconds"],
         "audit": audit.to_dict(),
+        "wake": active.to_dict(),
     }
 
 
@@ -164,7 +202,25 @@ def main() -> None:
     parser.add_argument("--fast", action="store_true", help="attacks in fast mode (smoke test)")
     parser.add_argument("--reverse-steps", type=int, default=1000, help="0 skips `reverse`")
     parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument(
+        "--clean-only", action="store_true", help="train the clean baseline and stop"
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="merge the frontier.json of these run folders into OUT (settings run in parallel)",
+    )
     args = parser.parse_args()
+    if args.clean_only:
+        train("clean", {}, args, protected=False)
+        return
+    if args.merge:
+        rows = [
+            r for f in args.merge for r in json.loads((f / "frontier.json").read_text())["rows"]
+        ]
+        write_tables(rows, args)
+        return
     names = [s for s in args.settings.split(",") if s]
     unknown = set(names) - set(SETTINGS)
     if unknown:
@@ -185,7 +241,15 @@ def run(names: list[str], args: argparse.Namespace) -> list[dict]:
         shown = {k: r[k] for k in ("A_od", "A_ud", "max_gain", "runner_up", "universal_x1")}
         shown.update({k: r[k] for k in TRANSIT_KEYS if k.startswith("A_ad")})
         print(name, r["max_gain_thief"], json.dumps(shown), flush=True)
-    keys = [k for k in rows[0] if k not in ("audit", "overrides", "epoch_seconds")]
+    return write_tables(rows, args)
+
+
+def write_tables(rows: list[dict], args: argparse.Namespace) -> list[dict]:
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        args.out / "frontier.json", {"commit": git_commit(), "seed": args.seed, "rows": rows}
+    )
+    keys = [k for k in rows[0] if k not in ("audit", "wake", "overrides", "epoch_seconds")]
     with (args.out / "frontier.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()

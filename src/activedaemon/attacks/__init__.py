@@ -9,7 +9,7 @@ result = run_attack("reverse", AttackContext(model, encoder, data))
 from activedaemon.attacks import fake_tokens  # noqa: F401  gaussian, deteriorated, mismatched
 from activedaemon.attacks import reverse, stolen, extraction, finetune  # noqa: F401
 from activedaemon.attacks import pruning, gradcam, transit  # noqa: F401
-from activedaemon.attacks import dormancy  # noqa: F401  the thief without a token
+from activedaemon.attacks import dormancy, wake  # noqa: F401  thieves without a token
 
 # isort: on
 from activedaemon.attacks.base import (

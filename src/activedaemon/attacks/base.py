@@ -134,6 +134,7 @@ class AttackContext:
         self.fast = fast
         self.out = Path(out) if out else None
         self.progress = progress
+        self.memo: dict = {}  # results shared by the attacks of one run (honest alternatives)
         self.capabilities = frozenset(
             ({"encoder", "decoder"} if encoder is not None else set())
             | ({"input_key"} if key_in == "input" else set())

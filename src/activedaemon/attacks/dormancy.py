@@ -37,7 +37,7 @@ def stage_features(
         for i in range(0, len(images), bs):
             model(images[i : i + bs].to(device))
             for n, p in feats:
-                feats[n, p].append(F.adaptive_avg_pool2d(tap.outputs[n], p).flatten(1).cpu())
+                feats[n, p].append(F.adaptive_avg_pool2d(tap.outputs[n], p).flatten(1))
     finally:
         tap.close()
     return {key: torch.cat(v) for key, v in feats.items()}
@@ -54,11 +54,13 @@ def linear_probe(
     iters: int = 200,
 ) -> float:
     """Accuracy (%) of a multinomial logistic regression (L-BFGS, L2 ``l2``) fitted on
-    standardised features ``train_f`` and measured on ``test_f``."""
+    standardised features ``train_f`` and measured on ``test_f`` (on their device)."""
+    device = train_f.device
+    train_y, test_y = train_y.to(device), test_y.to(device)
     mean, std = train_f.mean(0), train_f.std(0).clamp(min=1e-6)
     a, b = (train_f - mean) / std, (test_f - mean) / std
-    w = torch.zeros(a.shape[1], num_classes, requires_grad=True)
-    bias = torch.zeros(num_classes, requires_grad=True)
+    w = torch.zeros(a.shape[1], num_classes, device=device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=device, requires_grad=True)
     opt = torch.optim.LBFGS([w, bias], max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure():
@@ -170,7 +172,8 @@ def dormancy(
     notes: list[str] = []
 
     with torch.no_grad():
-        logits = ctx.model(ctx.test_x)
+        device = next(ctx.model.parameters()).device
+        logits = ctx.model(ctx.test_x.to(device)).cpu()
     first, in3, masked = runner_up(logits, ctx.test_y)
     metrics.update(runner_up=first, runner_up_top3=in3)
     table = [

@@ -33,18 +33,20 @@ def universal_perturbation(
     """One additive perturbation, within (linf, l2), that maximises the accuracy of ``model`` on
     (x, y): Adam on the cross-entropy to the true labels, projected after each step."""
     gen = torch.Generator().manual_seed(seed)
-    delta = torch.zeros((1, *x.shape[1:]), requires_grad=True)
+    device = next(model.parameters()).device
+    delta = torch.zeros((1, *x.shape[1:]), device=device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     model.eval()
     for _ in tqdm(range(steps), desc="universal perturbation", disable=not progress):
         idx = torch.randint(len(x), (batch,), generator=gen)
-        loss = F.cross_entropy(model((x[idx] + delta).clamp(0, 1)), y[idx])
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        loss = F.cross_entropy(model((xb + delta).clamp(0, 1)), yb)
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
             delta.copy_(project(delta, linf, l2))
-    return delta.detach()
+    return delta.detach().cpu()
 
 
 def neural_cleanse(model, x, y, steps: int, lam: float, batch: int, seed: int, progress):
@@ -52,19 +54,21 @@ def neural_cleanse(model, x, y, steps: int, lam: float, batch: int, seed: int, p
     (x, y) with an L1 penalty ``lam`` on the mask (Wang et al., S&P 2019, untargeted here: the
     'target' is each sample's true label)."""
     gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     _, c, h, w = x.shape
-    mask_logit = torch.full((1, 1, h, w), -3.0, requires_grad=True)
-    pattern_logit = torch.zeros((1, c, h, w), requires_grad=True)
+    mask_logit = torch.full((1, 1, h, w), -3.0, device=device, requires_grad=True)
+    pattern_logit = torch.zeros((1, c, h, w), device=device, requires_grad=True)
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=0.1)
     model.eval()
     for _ in tqdm(range(steps), desc="neural cleanse", disable=not progress):
         idx = torch.randint(len(x), (batch,), generator=gen)
         m, p = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
-        loss = F.cross_entropy(model((1 - m) * x[idx] + m * p), y[idx]) + lam * m.mean()
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        loss = F.cross_entropy(model((1 - m) * xb + m * p), yb) + lam * m.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach()
+    return torch.sigmoid(mask_logit).detach().cpu(), torch.sigmoid(pattern_logit).detach().cpu()
 
 
 @register_attack("reverse", needs={"decoder", "attacker_data"})

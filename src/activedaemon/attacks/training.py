@@ -27,6 +27,7 @@ def fit(
     """Train ``model`` in place on (images, labels) and return it in eval mode."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     steps = max(1, epochs * -(-len(images) // batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -36,7 +37,7 @@ def fit(
         for idx in torch.randperm(len(images), generator=gen).split(batch_size):
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            loss = F.cross_entropy(model(images[idx].to(device)), labels[idx].to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -51,7 +52,7 @@ def fresh_like(model: nn.Module, num_classes: int | None = None) -> nn.Module:
     card = model.card
     return build_classifier(
         card["arch"], num_classes or card["num_classes"], card["channels"], card["width"]
-    )
+    ).to(next(model.parameters()).device)
 
 
 def copy_with_head(model: nn.Module, num_classes: int | None = None) -> nn.Module:

@@ -52,8 +52,56 @@ def embedded_image(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}" width="100%">'
 
 
-def write_report(results: dict, out: str | Path, figures: list[Path] = (), notes: list[str] = ()):
-    """Write ``report.html`` from a results dict (see evaluate_protection) and figure files."""
+def thieves_section(audit: dict | None, shipped_encoder: bool) -> str:
+    """The report's "What a thief gets without a token": the quick thief audit
+    (activedaemon.attacks.audit), each thief beside its honest alternative, and the verdict."""
+    if audit is None:
+        return (
+            "<h2>What a thief gets without a token</h2><p><b>Not measured</b> for this report: "
+            "A_ud alone does not say that the model is locked (run <code>activedaemon attack "
+            "dormancy</code> and <code>activedaemon attack wake</code>).</p>"
+        )
+    head = ["thief", "holds", "labels (%)", "budget (x token)", "thief (%)", "alternative",
+            "alternative (%)", "gain"]  # fmt: skip
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(k)))}</td>" for k in head) + "</tr>"
+        for r in audit["rows"]
+    )
+    shipped = (
+        "<p><b>The encoder is the key, and this one is public:</b> it ships with the package, so "
+        "anyone who installs it can make tokens that wake this model for any id. Train your own "
+        "encoder (<code>activedaemon train-encoder</code>) for a model you deploy and keep it "
+        "like a key.</p>"
+        if shipped_encoder
+        else ""
+    )
+    return f"""<h2>What a thief gets without a token</h2>
+<p>A thief who holds the weights, and no token, against the honest alternative with the same
+means (chance, random weights of the same architecture, training from scratch or a kNN on the
+same labels), measured in this run. A_ud ({_fmt(audit["A_ud"])} %) only says what the model
+answers to clean queries as they are.</p>
+<p><b>{html.escape(audit["verdict"])}</b></p>
+<table><tr>{"".join(f"<th>{h}</th>" for h in head)}</tr>{rows}</table>
+<p class="note">Budgets are multiples of a real token's median L2 (per-query) or L-inf and L2
+(universal keys); a budget above 1 is shown, not counted. {audit["seconds"]} s.</p>
+{shipped}"""
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def write_report(
+    results: dict,
+    out: str | Path,
+    figures: list[Path] = (),
+    notes: list[str] = (),
+    thieves: str = "",
+):
+    """Write ``report.html`` from a results dict (see evaluate_protection), figure files and
+    the thieves' section (``thieves_section``)."""
     out = Path(out)
     rows = "".join(
         f"<tr><td>{key}</td><td>{html.escape(label)}</td><td>{_fmt(results.get(key))}</td>"
@@ -83,6 +131,7 @@ Model <code>{html.escape(str(results.get("model")))}</code>, encoder
 {rows}</table>
 {lpips_note}
 {"".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes)}
+{thieves}
 <h2>Per user (Table VIII analogue)</h2>
 <table><tr><th>user id</th><th>alphabet</th><th>A_ad</th><th>A_dec</th></tr>{users}</table>
 <h2>Figures</h2>

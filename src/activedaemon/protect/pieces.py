@@ -25,8 +25,8 @@ from activedaemon.registries import Registry
 @dataclass
 class PieceEnv:
     """What a piece may use: the model (before any DDP wrapper), its device, the number of
-    classes, the run's seed and rank, and the poisoned set's statistics (``info``: token size,
-    kind counts)."""
+    classes, the run's seed and rank, the poisoned set's statistics (``info``: token size,
+    kind counts) and the output objective."""
 
     model: nn.Module
     device: torch.device
@@ -34,6 +34,9 @@ class PieceEnv:
     seed: int
     rank: int
     info: dict[str, Any] = field(default_factory=dict)
+    # The run's output objective and its lambda, for pieces that search against it (wakeup).
+    objective: Any = None
+    penalty_lambda: float = 1.0
 
 
 class TrainingPiece:

@@ -8,13 +8,13 @@ rank 0 alone writes the run folder.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import logging
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,15 @@ from activedaemon.runs import (
     CARD_FILE,
     WEIGHTS_FILE,
     config_from_dict,
+    finished_run,
     run_record,
     seed_everything,
     write_json,
 )
 from activedaemon.tokens import TokenGenerator
-from activedaemon.tokens.generator import resolve_encoder_path
+from activedaemon.tokens.generator import is_shipped_encoder, weights_sha256
+
+log = logging.getLogger(__name__)
 
 CARD_SCHEMA = 1  # of a classifier's card.yaml
 KEEP_EPOCH = ("best-val", "last")
@@ -97,6 +100,10 @@ class ProtectConfig(DataConfig):
     # Start from a trained classifier (protect.start): a run folder, a weights file, or
     # torchvision:NAME (pretrained); None = fresh weights.
     init_from: str | None = None
+    # A preset whose clean model a protected run starts from when init_from is not given: the
+    # run first trains it (OUT/start, reused when finished) with this config's data, arch,
+    # width and seed. None: fresh weights.
+    warm_start: str | None = None
     seed: int = 0
 
     @classmethod
@@ -145,6 +152,9 @@ class ProtectConfig(DataConfig):
             AUGMENTATIONS.check(self.augment)
             if not self.stream:
                 raise ValueError("augment works per batch, before the tokens: it needs stream")
+        ws = self.warm_start
+        if ws and ws not in list_presets() and not Path(ws).is_file():
+            raise ValueError(f"warm_start {self.warm_start!r}: no such preset or YAML file")
         if self.poison.seed is None:  # the poisoned split follows the run's seed
             self.poison.seed = self.seed
         self.poison.validate()
@@ -345,6 +355,13 @@ def _stream_training_set(
 def load_encoder(cfg: ProtectConfig) -> TokenGenerator:
     """The config's encoder, checked to work at the config's image size and channels."""
     tokens = TokenGenerator.load(cfg.encoder)
+    if is_shipped_encoder(cfg.encoder):
+        log.warning(
+            "encoder %s is shipped with the package: anyone who installs it can make tokens that "
+            "wake this model, for any id. Fine for a demo; for a model you deploy, train your own "
+            "encoder (activedaemon train-encoder) and keep it like a key.",
+            cfg.encoder,
+        )
     if (tokens.arch.image_size, tokens.arch.channels) != (cfg.image_size, cfg.channels):
         raise ValueError(
             f"encoder {cfg.encoder} works on {tokens.arch.channels}x{tokens.arch.image_size}px "
@@ -367,6 +384,8 @@ def train_classifier(
     ``extra_pieces`` make pieces (from the PieceEnv) added to the configured ones, protected or
     not (a compared scheme's loss hook). ``model`` (any module taking [0, 1] images) is trained
     in place of a fresh ``cfg.arch`` (the Python ``protect``)."""
+    if cfg.protected and cfg.warm_start and not cfg.init_from and model is None:
+        cfg = replace(cfg, init_from=str(_train_start(cfg, Path(out) / "start", progress)))
     # Loaded before seeding: building its networks draws from the global RNG.
     tokens = load_encoder(cfg) if cfg.protected and token_maker is None else None
     rank, world = _distributed()
@@ -404,6 +423,19 @@ def train_classifier(
     if world > 1:
         dist.destroy_process_group()
     return Path(out) if rank == 0 else None
+
+
+def _train_start(cfg: ProtectConfig, out: Path, progress: bool) -> Path:
+    """The clean model a warm-started recipe begins with: ``cfg.warm_start``'s preset, trained
+    on ``cfg``'s data with its architecture and seed (reused when already finished)."""
+    same = {f.name: getattr(cfg, f.name) for f in fields(DataConfig)}
+    same.update(arch=cfg.arch, width=cfg.width, seed=cfg.seed, stream=cfg.stream)
+    start = ProtectConfig.from_dict({**load_preset(cfg.warm_start), **same, "protected": False})
+    if not finished_run(out, start):
+        if progress:
+            tqdm.write(f"warm start: training the clean model ({cfg.warm_start}) in {out}")
+        train_classifier(start, out, progress=progress)
+    return out
 
 
 def _build_pieces(cfg: ProtectConfig, env: PieceEnv) -> list[TrainingPiece]:
@@ -453,7 +485,9 @@ def _train_loop(
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     objective = OBJECTIVES[cfg.objective if cfg.protected else "poison"]
-    env = PieceEnv(model, device, data.num_classes, cfg.seed, rank, data.info)
+    env = PieceEnv(
+        model, device, data.num_classes, cfg.seed, rank, data.info, objective, cfg.penalty_lambda
+    )
     pieces = _build_pieces(cfg, env) + [make(env) for make in extra_pieces]
 
     history, best = [], None
@@ -631,7 +665,7 @@ def load_classifier(run: str | Path, device: str | torch.device = "cpu") -> torc
 def encoder_fingerprint(encoder: str | Path) -> str:
     """SHA-256 of an encoder's weights file (run folder or shipped name): what a protected
     model's card pins, wherever the encoder lies."""
-    return hashlib.sha256((resolve_encoder_path(encoder) / WEIGHTS_FILE).read_bytes()).hexdigest()
+    return weights_sha256(encoder)
 
 
 def load_protected(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,26 @@ def resolve_encoder_path(name_or_path: str | Path) -> Path:
         f"no encoder at {name_or_path!r}: expected a folder with {CARD_FILE} and {WEIGHTS_FILE} "
         f"(made by `activedaemon train-encoder --out DIR`) or a shipped name {shipped_encoders()}"
     )
+
+
+def weights_sha256(name_or_path: str | Path) -> str:
+    """SHA-256 of an encoder's weights file (run folder or shipped name)."""
+    return hashlib.sha256(
+        (resolve_encoder_path(name_or_path) / WEIGHTS_FILE).read_bytes()
+    ).hexdigest()
+
+
+@cache
+def _shipped_digests() -> frozenset[str]:
+    return frozenset(weights_sha256(name) for name in shipped_encoders())
+
+
+def is_shipped_encoder(name_or_path: str | Path) -> bool:
+    """Whether the encoder's weights are one of the encoders shipped with the package (wherever
+    the file lies): anyone who installs the package holds them and can make tokens that wake a
+    model protected with it, for any user id. A production model needs the owner's own encoder
+    (`activedaemon train-encoder`), kept like a key."""
+    return weights_sha256(name_or_path) in _shipped_digests()
 
 
 class TokenGenerator:
