@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from activedaemon.attacks import run_attack
+from activedaemon.attacks.audit import QUICK_DORMANCY, QUICK_WAKE
 from activedaemon.attacks.suite import load_context
 from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
@@ -86,6 +87,7 @@ SETTINGS = {
         "epochs": 2,
     },
     "from-clean+uniform+dormancy+transit-encoder+gamma0.5-lr0.02-2ep": WARM,
+    "warm": WARM,
     # Levers against the active thieves (per-query wake-up, universal keys): the worst
     # neighbour of unauthorized samples in the loop, noise on the unauthorized path.
     "warm+wakeup0.5": {**WARM, "wakeup": {"fraction": 0.5, "budget_scale": 0.5}},
@@ -137,8 +139,9 @@ def measure(name: str, run: Path, clean: Path, args: argparse.Namespace) -> dict
     if torch.cuda.is_available():  # the thieves' searches and fine-tuning on the GPU
         ctx.model.to("cuda")
     transit = run_attack("transit", ctx).metrics
-    audit = run_attack("dormancy", ctx)
-    active = run_attack("wake", ctx)
+    quick = args.audit == "quick"
+    audit = run_attack("dormancy", ctx, **(QUICK_DORMANCY if quick else {}))
+    active = run_attack("wake", ctx, **(QUICK_WAKE if quick else {}))
     steps = 30 if args.fast else args.reverse_steps
     reverse = run_attack("reverse", ctx, steps=steps, budget_scales=(1.0,)) if steps else None
     trained = json.loads((run / "run.json").read_text())
@@ -157,6 +160,7 @@ def measure(name: str, run: Path, clean: Path, args: argparse.Namespace) -> dict
         "runner_up_top3": audit.metrics["runner_up_top3"],
         "max_probe_gain": max(v for k, v in gains.items() if k.startswith("probe")),
         "max_finetune_gain": max(v for k, v in gains.items() if k.startswith("finetune")),
+        "audit_settings": args.audit,
         "max_gain": gains[worst],
         "max_gain_thief": worst,
         **{k: transit[k] for k in TRANSIT_KEYS},
@@ -200,6 +204,13 @@ def main() -> None:
     parser.add_argument("--limit-test", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast", action="store_true", help="attacks in fast mode (smoke test)")
+    parser.add_argument(
+        "--audit",
+        choices=["full", "quick"],
+        default="full",
+        help="the thieves' settings: each attack's defaults, or the demo report's quick audit "
+        "(1 %% labels, budgets 0.5x and 1x, 500 queries, no SHOT)",
+    )
     parser.add_argument("--reverse-steps", type=int, default=1000, help="0 skips `reverse`")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument(

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from activedaemon.cli import main
 from activedaemon.data import load_dataset
@@ -226,6 +227,13 @@ def test_demo_quick_writes_runs_results_and_report(tmp_path, capsys):
     assert results["timings"]["total_seconds"] > 0
     page = (out / "report.html").read_text()
     assert "A_pd" in page and "data:image/png;base64," in page
+    # The recommended recipe, started from the demo's clean model, and the thieves' section.
+    assert results["recipe"] == "cpu-recommended"
+    card = yaml.safe_load((out / "protected" / "card.yaml").read_text())
+    assert card["from"] == str(out / "clean")
+    assert "What a thief gets without a token" in page and "public" in page
+    thieves = json.loads((out / "thieves.json").read_text())
+    assert results["thieves"]["verdict"] == thieves["verdict"] and len(thieves["rows"]) >= 6
     assert all(row["user_id"] in html.unescape(page) for row in results["per_user"])
     assert "report:" in capsys.readouterr().out
 

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from activedaemon.attacks import run_attack
@@ -177,8 +178,7 @@ def test_protect_with_wakeup_and_warm_start(tiny_encoder, tmp_path):
     run = train_classifier(ProtectConfig.from_dict(values), tmp_path / "p", progress=False)
     # The clean model it started from was trained first, in the run folder.
     assert (run / "start" / "weights.pt").is_file()
-    card = (run / "card.yaml").read_text()
-    assert "start" in card
+    assert yaml.safe_load((run / "card.yaml").read_text())["from"] == str(run / "start")
     with pytest.raises(ValueError, match="warm_start"):
         ProtectConfig.from_dict({**values, "warm_start": "no-such-preset"})
 

@@ -1,18 +1,23 @@
-"""The demo: encoder (shipped or trained), clean baseline, protected model, evaluation, report."""
+"""The demo: encoder (shipped or trained), clean baseline, protected model (the recommended recipe,
+warm-started from the clean baseline), evaluation, the quick thief audit, report."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from activedaemon.attacks.audit import thief_audit
+from activedaemon.attacks.suite import load_context
 from activedaemon.evaluate.protection import evaluate_protection
-from activedaemon.evaluate.report import write_report
+from activedaemon.evaluate.report import thieves_section, write_report
 from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
 from activedaemon.runs import run_record, write_json
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.figures import save_sample_grid
+from activedaemon.tokens.generator import is_shipped_encoder
 
-SHIPPED_ENCODER = "fashion-mnist-32"
+CLEAN_PRESET = "cpu-small"
+RECIPE = "cpu-recommended"
 
 
 def run_demo(
@@ -24,8 +29,9 @@ def run_demo(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Fashion-MNIST, CPU preset: writes OUT/ encoder/ (if trained), clean/, protected/,
-    results.json, report.html, samples.png, under a run record. Returns the results."""
+    """Fashion-MNIST, CPU presets: writes OUT/ encoder/ (if trained), clean/ (cpu-small),
+    protected/ (cpu-recommended, started from clean/), thieves.json, results.json,
+    report.html, samples.png, under a run record. Returns the results."""
     config = {
         "train_new_encoder": train_new_encoder,
         "epochs": epochs,
@@ -41,7 +47,8 @@ def run_demo(
 def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, progress) -> dict:
     timings: dict[str, float] = {}
     started = time.time()
-    encoder: str | Path = SHIPPED_ENCODER
+    recipe = load_preset(RECIPE)
+    encoder: str | Path = recipe["encoder"]
     if train_new_encoder:
         from activedaemon.tokens.train import EncoderTrainConfig, train_encoder
 
@@ -49,19 +56,19 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
         encoder = out / "encoder"
         timings["encoder_seconds"] = round(time.time() - started, 1)
 
-    base = {**load_preset("cpu-small"), "seed": seed, "encoder": str(encoder)}
-    if epochs is not None:  # exactly that many: the preset's min_steps would lengthen them
-        base["min_steps"] = 0
-    for key, value in (
-        ("epochs", epochs),
-        ("limit_train", limit_train),
-        ("limit_test", limit_test),
-    ):
+    common = {"seed": seed}
+    for key, value in (("limit_train", limit_train), ("limit_test", limit_test)):
         if value is not None:
-            base[key] = value
-    for name, protected in (("clean", False), ("protected", True)):
+            common[key] = value
+    if epochs is not None:  # exactly that many: a preset's min_steps would lengthen them
+        common.update(epochs=epochs, min_steps=0)
+    configs = {
+        "clean": {**load_preset(CLEAN_PRESET), **common, "protected": False},
+        "protected": {**recipe, **common, "encoder": str(encoder), "init_from": str(out / "clean")},
+    }
+    for name, values in configs.items():
         t = time.time()
-        cfg = ProtectConfig.from_dict({**base, "protected": protected})
+        cfg = ProtectConfig.from_dict(values)
         train_classifier(cfg, out / name, progress=progress)
         timings[f"{name}_seconds"] = round(time.time() - t, 1)
 
@@ -74,6 +81,17 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
         seed=seed,
     )
     timings["evaluate_seconds"] = round(time.time() - t, 1)
+    t = time.time()
+    ctx = load_context(out / "protected", limit_test=limit_test or 2000, seed=seed)
+    thieves = thief_audit(ctx)
+    write_json(out / "thieves.json", thieves)
+    timings["audit_seconds"] = round(time.time() - t, 1)
+    results["recipe"] = RECIPE
+    results["thieves"] = {
+        "largest": thieves["largest"],
+        "verdict": thieves["verdict"],
+        "holds": thieves["holds"],
+    }
     timings["total_seconds"] = round(time.time() - started, 1)
     results["timings"] = timings
     write_json(out / "protected" / "results.json", results)
@@ -83,5 +101,6 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
     test = cfg.load_data(train=False, limit_test=6).test.images
     grid = save_sample_grid(gen, test, out / "samples.png", seed=seed)
     notes = ["Wall time on this machine: " + ", ".join(f"{k} {v}" for k, v in timings.items())]
-    write_report(results, out / "report.html", figures=[grid], notes=notes)
+    section = thieves_section(thieves, shipped_encoder=is_shipped_encoder(encoder))
+    write_report(results, out / "report.html", figures=[grid], notes=notes, thieves=section)
     return results
