@@ -48,7 +48,7 @@ def status_line(commit: str, paths: list[str]) -> str:
             f"**Status: cannot check.** Commit `{sha[:7]}` is not in this checkout's history "
             f"(a shallow clone, or another branch).{note}"
         )
-    code, out = _git("log", "--format=%h %s", f"{sha}..HEAD", "--", *paths)
+    code, out = _git("log", "--format=%h", f"{sha}..HEAD", "--", *paths)
     if code != 0:
         return f"**Status: cannot check** (git failed).{note}"
     changes = [line for line in out.splitlines() if line]
@@ -59,7 +59,7 @@ def status_line(commit: str, paths: list[str]) -> str:
     return (
         f"**Status: STALE.** This artefact is older than the code it measures: {len(changes)} "
         f"commit(s) since `{sha[:7]}` changed {where} (latest: `{latest}`). Rerun the command "
-        f"below and `python benchmarks/write_docs.py` to refresh it.{note}"
+        f"above and `python benchmarks/write_docs.py` to refresh it.{note}"
     )
 
 
