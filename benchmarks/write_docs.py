@@ -437,7 +437,12 @@ def encoders_page() -> str:
         run = read_json(WEIGHTS / name / "run.json")
         out += [
             f"## `{name}`\n",
-            provenance("encoder", run, f"src/activedaemon/weights/{name}/metrics.json"),
+            provenance(
+                "encoder",
+                run,
+                f"src/activedaemon/weights/{name}/metrics.json",
+                f"- **Configuration**: `src/activedaemon/weights/{name}/config.yaml`",
+            ),
             "| metric | measured |",
             "|---|---|",
         ]
@@ -463,16 +468,25 @@ def attacks_page() -> str | None:
         "target and verdict (see [The lock audit](../guides/lock-audit.md) for what each does).\n",
         provenance("attacks", run, "docs/results/data/attacks/attacks.json"),
     ]
-    fast = "--fast" in ((run or {}).get("argv") or []) or config.get("fast")
+    fast = report.get("fast") or config.get("fast") or "--fast" in ((run or {}).get("argv") or [])
     if fast:
         out.append(
             '!!! warning "Fast mode"\n    `--fast` runs every attack at the tests\' small '
             "settings (few steps, small subsets): a smoke check of the suite, not a "
             "measurement.\n"
         )
-    model = read_json(folder / "model.json")
-    if model:
-        out.append(f"Model: {model.get('note', '')}\n")
+    base = report.get("baseline") or {}
+    if base:
+        out.append(
+            f"The attacked model, before any attack, on {report.get('test_images', '?')} test "
+            f"images: A_ad {fmt(base.get('A_ad'))}, A_ud {fmt(base.get('A_ud'))}.\n"
+        )
+        if (base.get("A_ad") or 0) - (base.get("A_ud") or 0) < 5:
+            out.append(
+                '!!! warning "The attacked model is not a working lock"\n    Its authorized '
+                "accuracy is within 5 points of its clean accuracy: it never learned the task "
+                "with tokens, so the verdicts below say nothing about the lock.\n"
+            )
     results = report.get("results") or report.get("attacks") or report
     out += ["| attack | verdict | target | figures |", "|---|---|---|---|"]
     items = results.items() if isinstance(results, dict) else [(r.get("name"), r) for r in results]
@@ -481,7 +495,9 @@ def attacks_page() -> str | None:
             continue
         metrics = r.get("metrics") or {}
         shown = ", ".join(
-            f"{k} {fmt(v)}" for k, v in list(metrics.items())[:6] if isinstance(v, int | float)
+            f"{k} {fmt(v)}"
+            for k, v in [(k, v) for k, v in metrics.items() if k not in ("A_ad", "A_ud")][:6]
+            if isinstance(v, int | float)
         )
         target = str(r.get("target") or "").replace("|", "\\|")
         verdict = str(r.get("verdict") or r.get("skipped") or "").replace("|", "\\|")
