@@ -71,7 +71,7 @@ PAPER_CIFAR10 = {
 }
 
 
-# ------------------------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------------------- small tools
 def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
