@@ -568,7 +568,8 @@ def headline(readme: str) -> str:
         keys = ("A_or", "A_ad", "A_ud", "A_od", "A_pd", "psnr", "ssim", "A_td_mismatched")
         ours = [fmt(results.get(k), 3 if k == "ssim" else 2) for k in keys]
         paper = [fmt(PAPER_CIFAR10.get(k), 3 if k == "ssim" else 2) for k in keys]
-        lines.append("| this project, demo | " + " | ".join(ours) + " |")
+        label = "this project, demo" + (" (**reduced run**)" if note else "")
+        lines.append(f"| {label} | " + " | ".join(ours) + " |")
         lines.append("| paper, CIFAR-10 | " + " | ".join(paper) + " |")
     if frontier:
         lines += [
