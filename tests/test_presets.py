@@ -19,7 +19,8 @@ from activedaemon.protect.train import list_presets, load_preset, train_classifi
 #   0.0005, and 0.0001").
 # - optimizer, epochs, lr, schedule: Sec. IV-A1 ("retrain new models for 120 epochs with the SGD
 #   optimizer. The learning rate is initially set to 0.1, and we use the MultiStepLR function").
-# - gamma: Sec. II-A ("We set gamma to 0.2 in our experiments") and Sec. IV-C1.
+# - gamma: Sec. II-A ("We set gamma to 0.2 in our experiments"); Sec. IV-C1 sets 0.5 and Sec. IV-B1
+#   says 23 %, so the paper is inconsistent and 0.2 is the value it states for its experiments.
 # - lambda: Sec. III-B2 ("We set lambda to 1 in our experiments").
 # - strategy: Table I's "Ours" row equals Table II's "Single target strategy" row.
 # - noise images in D_u: Sec. III-C and Algorithm 2 step 5; no moved-token negatives (the paper
@@ -46,7 +47,7 @@ PAPER = {
     "paper-imagenet": {"arch": "torchvision:resnet50", "batch_size": 128,
                        "weight_decay": 1e-4, "image_size": 224},
 }  # fmt: skip
-# Not stated by the paper; the presets' choices (README, "Deviations from the paper").
+# Not stated by the paper; the presets' choices (docs/fidelity.md, "Deviations").
 PAPER_UNSTATED = {"momentum": 0.9, "nesterov": False, "objective": "poison"}
 
 
