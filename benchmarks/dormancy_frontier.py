@@ -1,16 +1,20 @@
 """The dormancy frontier: authorized accuracy (A_od) against what a thief without a token gains,
 for each protection lever alone and combined, all measured in one run.
 
-    python benchmarks/dormancy_frontier.py --out runs/frontier [--settings paper,uniform,...]
-        [--epochs 5] [--limit-train N] [--limit-test 2000] [--seed 0] [--fast]
+    python benchmarks/dormancy_frontier.py --out runs/frontier [--settings paper,warm,...]
+        [--audit full|quick] [--epochs 5] [--limit-train N] [--limit-test 2000] [--seed 0]
+    bash benchmarks/frontier_parallel.sh runs/frontier paper,warm,warm+wakeup1 --audit quick
 
 Trains a clean baseline (A_or) and one protected model per setting on the CPU preset (a run folder
 that already holds weights is reused), then per model: evaluate (A_ad, A_ud, A_od, Gaussian and
-moved tokens), the `transit` attack (A_ad after JPEG and noise), the `dormancy` audit (every thief
-beside its honest alternative), and the `reverse` attack with --reverse-steps (1,000; 0 skips it)
-at 1x the token's budget. Settings that start from the owner's clean model (`from-clean...`) use
-this run's clean baseline. Writes OUT/frontier.json (after every setting), frontier.csv and
-frontier.png (A_od against the largest gain of a thief without a token).
+moved tokens), the `transit` attack (A_ad after JPEG and noise), the `dormancy` audit (passive
+thieves) and the `wake` audit (per-query wake-up, universal keys, source-free adaptation), each
+thief beside its honest alternative (--audit quick: the demo report's settings), and the
+`reverse` attack with --reverse-steps (1,000; 0 skips it) at 1x the token's budget. Settings that
+start from the owner's clean model (`from-clean...`, `warm...`) use this run's clean baseline.
+Writes OUT/frontier.json (after every setting), frontier.csv and frontier.png (A_od against the
+largest gain of a thief without a token). `frontier_parallel.sh` runs the settings as parallel
+processes (one GPU shared, or many cores) and merges their tables (--merge).
 """
 
 from __future__ import annotations

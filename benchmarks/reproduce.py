@@ -7,7 +7,8 @@
 Steps (each a command of its own, so any one can be rerun by hand):
 1. ``activedaemon demo`` (``--fast``: 1 epoch on 2,000 training and 500 test images);
 2. ``activedaemon attack all`` on the demo's protected model (``--fast``: the tests' settings);
-3. ``benchmarks/dormancy_frontier.py`` with the paper, uniform and uniform+dormancy settings
+3. ``benchmarks/dormancy_frontier.py`` with the paper's recipe, the warm start without and with
+   the per-query negatives (the recommended recipe), thieves at the quick audit's settings
    (skipped with ``--fast`` unless ``--frontier``: it trains one model per setting);
 4. copies the small artefacts (results.json, attacks.json, frontier.json and their run.json)
    into docs/results/data/, then runs ``benchmarks/write_docs.py``.
@@ -45,7 +46,7 @@ def copy(src: Path, dst: Path) -> None:
 def collect(out: Path) -> None:
     """Copy the small artefacts of a reproduce folder into docs/results/data/."""
     demo = out / "demo"
-    for name in ("results.json", "run.json", "config.yaml"):
+    for name in ("results.json", "run.json", "config.yaml", "thieves.json"):
         copy(demo / name, DATA / "demo" / name)
     attacks = out / "attacks"
     report = attacks / "attacks.json"
@@ -55,6 +56,7 @@ def collect(out: Path) -> None:
     frontier = out / "frontier"
     copy(frontier / "frontier.json", DATA / "frontier" / "frontier.json")
     copy(frontier / "run.json", DATA / "frontier" / "run.json")
+    copy(frontier / "frontier.png", DATA / "frontier" / "frontier.png")
     for path in DATA.rglob("*.json"):  # keep the committed artefacts small
         if path.stat().st_size > 200_000:
             print(f"warning: {path} is {path.stat().st_size} bytes", file=sys.stderr)
@@ -79,7 +81,8 @@ def main() -> int:
         if not args.fast or args.frontier:
             frontier = [sys.executable, "benchmarks/dormancy_frontier.py"]
             frontier += ["--out", str(out / "frontier"), "--seed", str(args.seed), "-q"]
-            frontier += ["--settings", "paper,uniform,uniform+dormancy"]
+            frontier += ["--settings", "paper,warm,warm+wakeup1", "--audit", "quick"]
+            frontier += ["--reverse-steps", "0"]
             run(
                 frontier
                 + (["--fast", "--limit-train", "2000", "--epochs", "1"] if args.fast else [])

@@ -374,8 +374,10 @@ def demo_page() -> str | None:
     out = [
         GENERATED,
         "# The demo\n",
-        "`activedaemon demo`: the shipped encoder, a clean width-16 ResNet-18 and a protected one",
-        "(the `cpu-small` preset) on Fashion-MNIST at 32 x 32 x 3, evaluated on the test set. The",
+        "`activedaemon demo`: the shipped JPEG-trained encoder, a clean width-16 ResNet-18",
+        "(`cpu-small`) and the same model protected with the recommended recipe",
+        f"(`{results.get('recipe', 'cpu-small')}`) on Fashion-MNIST at 32 x 32 x 3, evaluated on",
+        "the test set, then the quick thief audit. The",
         "paper's column is CIFAR-10 on a GPU (Tables I, III, IV, VII): a different data set, model",
         "width and training length, shown for orientation only.\n",
         provenance("demo", run, "docs/results/data/demo/results.json"),
@@ -403,8 +405,90 @@ def demo_page() -> str | None:
                 f"Per-user A_ad over {len(ads)} ids: {min(ads):.2f} to {max(ads):.2f} "
                 "(the paper's Table VIII setting, on this data)."
             )
+    thieves = read_json(folder / "thieves.json")
+    if thieves:
+        out += ["", "## What a thief gets without a token", ""] + thieves_table(thieves)
     out.append("")
     return "\n".join(out)
+
+
+def thieves_table(thieves: dict) -> list[str]:
+    """The quick thief audit (demo/thieves.json): each thief beside its honest alternative."""
+    lines = [
+        f"**{thieves['verdict']}** (A_ud {fmt(thieves.get('A_ud'))}; a budget above 1 x a "
+        "token is shown, not counted).",
+        "",
+        "| thief, no token | holds | labels (%) | budget (x token) | thief (%) | alternative | "
+        "alternative (%) | gain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in thieves["rows"]:
+        budget = r.get("budget (x token)")
+        lines.append(
+            f"| {r['thief']} | {r.get('holds', '')} | {fmt(r.get('labels (%)'))} | "
+            f"{'' if budget is None else fmt(budget)} | {fmt(r['thief (%)'])} | "
+            f"{r['alternative']} | {fmt(r['alternative (%)'])} | {fmt(r['gain'])} |"
+        )
+    return lines
+
+
+FRONTIER_COLUMNS = [
+    ("A_ad", "A_ad"),
+    ("A_ud", "A_ud"),
+    ("A_od", "A_od"),
+    ("runner_up", "runner-up"),
+    ("per_query_x0.5", "per-query 0.5x"),
+    ("per_query_x1", "per-query 1x"),
+    ("label_free_key_x1", "label-free key 1x"),
+    ("labelled_key_p1", "key, 1 % labels"),
+    ("max_probe_gain", "best probe gain"),
+    ("max_gain", "largest gain"),
+]
+
+
+def frontier_page() -> str | None:
+    folder = DATA / "frontier"
+    frontier, run = read_json(folder / "frontier.json"), read_json(folder / "run.json")
+    if frontier is None:
+        return None
+    rows = frontier["rows"]
+    out = [
+        GENERATED,
+        "# The dormancy frontier\n",
+        "Each protection setting trained on Fashion-MNIST (the CPU presets, seed "
+        f"{frontier.get('seed', '?')}) and measured in the same run: authorized accuracy against "
+        "what a thief who holds the weights and no token gains over its honest alternative "
+        "(chance, random weights, scratch or kNN on the same labels). Thieves: "
+        f"{rows[0].get('audit_settings', 'full')} audit settings "
+        "([the lock audit](../guides/lock-audit.md)). Accuracies in %, gains in points.\n",
+        provenance("frontier", run, "docs/results/data/frontier/frontier.json"),
+        "| setting | " + " | ".join(label for _, label in FRONTIER_COLUMNS) + " | by |",
+        "|---|" + "---|" * (len(FRONTIER_COLUMNS) + 1),
+    ]
+    for r in rows:
+        cells = [fmt(r.get(key)) for key, _ in FRONTIER_COLUMNS]
+        out.append(f"| {r['setting']} | " + " | ".join(cells) + f" | {r.get('max_gain_thief')} |")
+    out.append("")
+    if (folder / "frontier.png").is_file():
+        out += ["![A_od against the largest thief gain](data/frontier/frontier.png)", ""]
+    return "\n".join(out)
+
+
+def threat_model(page: str) -> str:
+    """The threat model's measured block, from the demo's thieves.json."""
+    start, end = "<!-- thieves:start -->", "<!-- thieves:end -->"
+    thieves, run = read_json(DATA / "demo" / "thieves.json"), read_json(DATA / "demo" / "run.json")
+    if start not in page or thieves is None:
+        return page
+    commit = str((run or {}).get("commit") or "unknown")
+    lines = [start, GENERATED.strip(), ""]
+    lines.append(
+        f"The shipped recipe as `{command(run)}` measured it (commit `{commit[:7]}`, seed "
+        f"{(run or {}).get('seed', '?')}, {machine(run)}):"
+    )
+    lines += [""] + thieves_table(thieves) + [end]
+    before, rest = page.split(start, 1)
+    return before + "\n".join(lines) + rest.split(end, 1)[1]
 
 
 def encoders_page() -> str:
@@ -523,6 +607,7 @@ def results_index(pages: dict[str, str | None]) -> str:
         "demo.md": ("The demo", "docs/results/data/demo/results.json"),
         "encoders.md": ("Shipped encoders", "src/activedaemon/weights/*/metrics.json"),
         "attacks.md": ("The attack suite", "docs/results/data/attacks/attacks.json"),
+        "frontier.md": ("The dormancy frontier", "docs/results/data/frontier/frontier.json"),
     }
     for page, (title, artefact) in titles.items():
         if pages.get(page) is not None:
@@ -571,6 +656,8 @@ def headline(readme: str) -> str:
         label = "this project, demo" + (" (**reduced run**)" if note else "")
         lines.append(f"| {label} | " + " | ".join(ours) + " |")
         lines.append("| paper, CIFAR-10 | " + " | ".join(paper) + " |")
+        if results.get("thieves"):
+            lines += ["", f"Without a token: {results['thieves']['verdict']} (demo's quick audit)."]
     if frontier:
         lines += [
             "",
@@ -595,7 +682,13 @@ def headline(readme: str) -> str:
 def pages() -> dict[Path, str]:
     """Every generated file and its content."""
     schema = openapi_schema()
-    results = {"demo.md": demo_page(), "encoders.md": encoders_page(), "attacks.md": attacks_page()}
+    results = {
+        "demo.md": demo_page(),
+        "encoders.md": encoders_page(),
+        "attacks.md": attacks_page(),
+        "frontier.md": frontier_page(),
+    }
+    threats = DOCS / "guides" / "threat-model.md"
     out = {
         DOCS / "reference" / "cli.md": cli_page(),
         DOCS / "reference" / "configuration.md": configuration_page(),
@@ -603,6 +696,7 @@ def pages() -> dict[Path, str]:
         DOCS / "reference" / "http-api.md": http_page(schema),
         DOCS / "results" / "index.md": results_index(results),
         ROOT / "README.md": headline((ROOT / "README.md").read_text()),
+        threats: threat_model(threats.read_text()),
     }
     for name, text in results.items():
         if text is not None:

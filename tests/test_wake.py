@@ -213,3 +213,11 @@ def test_shipped_encoders_are_recognised_wherever_they_lie(tiny_encoder, tmp_pat
     shutil.copytree(SHIPPED_DIR / "fashion-mnist-32", tmp_path / "copy")
     assert is_shipped_encoder(tmp_path / "copy")
     assert not is_shipped_encoder(tiny_encoder[1])
+
+
+def test_a_saved_encoder_is_readable_by_its_owner_only(tmp_path):
+    from activedaemon.tokens import TokenGenerator
+
+    saved = TokenGenerator.load("fashion-mnist-32").save(tmp_path / "key")
+    assert (saved / "weights.pt").stat().st_mode & 0o777 == 0o600
+    assert TokenGenerator.load(saved).identify(torch.zeros(1, 3, 32, 32)) == [None]

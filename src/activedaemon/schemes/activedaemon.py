@@ -1,14 +1,16 @@
 """ActiveDaemon behind the scheme interface: invisible user-specific tokens from the encoder,
-poisoned training (Algorithm 2)."""
+protection training with the recommended recipe (or Algorithm 2 as the harness's preset has it,
+with ``recipe=None``)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
 
-from activedaemon.protect.train import load_classifier, train_classifier
+from activedaemon.data.config import DataConfig
+from activedaemon.protect.train import ProtectConfig, load_classifier, load_preset, train_classifier
 from activedaemon.schemes.base import Scheme, register_scheme
 from activedaemon.tokens import TokenGenerator
 
@@ -17,12 +19,21 @@ from activedaemon.tokens import TokenGenerator
 class ActiveDaemon(Scheme):
     """Tokens made by the encoder G_e from the user id; the model wakes only on them."""
 
-    def __init__(self, encoder: str = "fashion-mnist-32") -> None:
+    def __init__(self, encoder: str | None = None, recipe: str | None = "cpu-recommended"):
         super().__init__()
-        self.encoder_name = encoder
-        self.encoder = TokenGenerator.load(encoder)
+        # The recipe's protection options (its data, architecture and width are the harness's).
+        self.recipe = load_preset(recipe) if recipe else {}
+        for key in [f.name for f in fields(DataConfig)] + ["arch", "width", "seed"]:
+            self.recipe.pop(key, None)
+        self.encoder_name = encoder or self.recipe.get("encoder", "fashion-mnist-32")
+        self.encoder = TokenGenerator.load(self.encoder_name)
 
     def train(self, cfg, out, clean_run=None, progress=False) -> Path:
+        if self.recipe:  # the harness's data and network, the recipe's training
+            values = {**asdict(cfg), "pieces": {}, **self.recipe}
+            if clean_run is not None and self.recipe.get("warm_start"):
+                values["init_from"] = str(clean_run)  # the harness's own clean baseline
+            cfg = ProtectConfig.from_dict(values)
         cfg = replace(cfg, protected=True, encoder=self.encoder_name)
         run = train_classifier(cfg, out, progress=progress)
         self.load(run)

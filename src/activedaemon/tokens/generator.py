@@ -172,8 +172,11 @@ class TokenGenerator:
         self.card = {"kind": "encoder", "schema": CARD_SCHEMA, **self.card, **card_fields}
         self.card["arch"] = self.arch.to_dict()
         state = {"encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict()}
-        torch.save(state, path / (WEIGHTS_FILE + ".tmp"))
-        (path / (WEIGHTS_FILE + ".tmp")).replace(path / WEIGHTS_FILE)
+        tmp = path / (WEIGHTS_FILE + ".tmp")
+        tmp.touch(mode=0o600)  # the encoder is the key: readable by its owner only
+        tmp.chmod(0o600)
+        torch.save(state, tmp)
+        tmp.replace(path / WEIGHTS_FILE)
         (path / CARD_FILE).write_text(yaml.safe_dump(self.card, sort_keys=False))
         return path
 
