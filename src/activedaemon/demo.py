@@ -11,7 +11,7 @@ from activedaemon.attacks.suite import load_context
 from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.evaluate.report import thieves_section, write_report
 from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
-from activedaemon.runs import run_record, write_json
+from activedaemon.runs import finished_run, run_record, write_json
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.figures import save_sample_grid
 from activedaemon.tokens.generator import is_shipped_encoder
@@ -69,7 +69,8 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
     for name, values in configs.items():
         t = time.time()
         cfg = ProtectConfig.from_dict(values)
-        train_classifier(cfg, out / name, progress=progress)
+        if not finished_run(out / name, cfg):  # a rerun keeps what already finished
+            train_classifier(cfg, out / name, progress=progress)
         timings[f"{name}_seconds"] = round(time.time() - t, 1)
 
     t = time.time()
