@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack
 from activedaemon.attacks.reverse import attacker_data, universal_perturbation
 from activedaemon.attacks.training import fit, fresh_like
-from activedaemon.protect.adversarial import project
+from activedaemon.protect.adversarial import project, project_l2
 
 GAIN_LIMIT = 3.0  # points a few-label thief may gain over its honest alternative
 LABEL_FREE_LIMIT = 10.0  # points a label-free thief may gain over A_ud
@@ -39,11 +39,6 @@ LABEL_FREE_LIMIT = 10.0  # points a label-free thief may gain over A_ud
 def dormant_class(logits: torch.Tensor) -> int:
     """The class the model gives most of these (clean) inputs: what a thief sees as dormancy."""
     return int(logits.argmax(1).mode().values)
-
-
-def _l2_project(delta: torch.Tensor, radius: float) -> torch.Tensor:
-    norms = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *[1] * (delta.ndim - 1))
-    return delta * (radius / norms).clamp(max=1.0)
 
 
 def _mask(logits: torch.Tensor, cls: int | None) -> torch.Tensor:
@@ -84,14 +79,14 @@ def per_query_wakeup(
         for r in range(restarts):
             # The first restart starts at the query itself, the others at random points.
             u = torch.rand((), generator=gen).item() * radius if r else 0.0
-            delta = _l2_project(torch.randn(xb.shape, generator=gen).to(device) * 1e3, u)
+            delta = project_l2(torch.randn(xb.shape, generator=gen).to(device) * 1e3, u)
             for _ in range(steps):
                 delta.requires_grad_(True)
                 logits = _mask(model((xb + delta).clamp(0, 1)), masked)
                 loss = F.cross_entropy(logits, logits.argmax(1).detach())
                 (g,) = torch.autograd.grad(loss, delta)
                 norms = g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
-                delta = _l2_project(delta.detach() - 2.5 * radius / steps * g / norms, radius)
+                delta = project_l2(delta.detach() - 2.5 * radius / steps * g / norms, radius)
             with torch.no_grad():
                 moved = (xb + delta).clamp(0, 1)
                 conf = _mask(model(moved), masked).softmax(1).max(1).values

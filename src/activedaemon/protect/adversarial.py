@@ -42,11 +42,15 @@ def token_budget(tokens: torch.Tensor) -> tuple[float, float]:
     return flat.abs().amax(1).median().item(), flat.norm(dim=1).median().item()
 
 
+def project_l2(delta: torch.Tensor, radius: float) -> torch.Tensor:
+    """Each perturbation (first dim) scaled into the L2 ball of ``radius``."""
+    norms = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *[1] * (delta.ndim - 1))
+    return delta * (radius / norms).clamp(max=1.0)
+
+
 def project(delta: torch.Tensor, linf: float, l2: float) -> torch.Tensor:
     """Into the L-inf ball, then the L2 ball (per perturbation: first dim is the pool)."""
-    delta = delta.clamp(-linf, linf)
-    norms = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *[1] * (delta.ndim - 1))
-    return delta * (l2 / norms).clamp(max=1.0)
+    return project_l2(delta.clamp(-linf, linf), l2)
 
 
 class UniversalNegatives:

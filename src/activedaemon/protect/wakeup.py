@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from activedaemon.protect.adversarial import project_l2
 from activedaemon.protect.objectives import TrainBatch
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece
 from activedaemon.protect.poison import AUTHORIZED
@@ -86,7 +87,7 @@ def worst_neighbours(
     ``loss_fn(batch with logits)``: a random start in the ball, then normalised gradient steps
     of 2.5 x radius / steps, projected back onto the ball."""
     noise = torch.randn(x.shape, generator=gen).to(x.device)
-    delta = _l2_project(noise * 1e3, radius * torch.rand((), generator=gen).item())
+    delta = project_l2(noise * 1e3, radius * torch.rand((), generator=gen).item())
     use_amp = x.device.type == "cuda"
     with frozen_batchnorm_statistics(model):
         for _ in range(steps):
@@ -96,13 +97,8 @@ def worst_neighbours(
             view = TrainBatch(logits.float(), batch.labels, batch.true_labels, batch.kinds)
             (g,) = torch.autograd.grad(loss_fn(view), delta)
             norms = g.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *[1] * (x.ndim - 1))
-            delta = _l2_project(delta.detach() + 2.5 * radius / steps * g / norms, radius)
+            delta = project_l2(delta.detach() + 2.5 * radius / steps * g / norms, radius)
     return (x + delta).clamp(0, 1).detach()
-
-
-def _l2_project(delta: torch.Tensor, radius: float) -> torch.Tensor:
-    norms = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *[1] * (delta.ndim - 1))
-    return delta * (radius / norms).clamp(max=1.0)
 
 
 def _rows(batch: TrainBatch, rows: torch.Tensor) -> TrainBatch:
