@@ -48,7 +48,9 @@ def thief_audit(ctx: AttackContext, quick: bool = True) -> dict:
     probes = [r for r in dormancy.table if r["thief"].startswith("linear probe")]
     if probes:
         best = max(probes, key=lambda r: r["gain"])
-        rows.append({**best, "thief": f"best linear probe ({best['stage']})"})
+        rows.append(
+            {**best, "thief": f"best linear probe ({best['stage']})", "budget (x token)": None}
+        )
     rows += [{**row, "stage": None} for row in wake.table]
     for row in rows:
         row["holds"] = HOLDS.get(row["thief"], "labelled images")
