@@ -78,6 +78,31 @@ def add_parsers(sub) -> None:
         help="queries in flight at once; more get 503 (32; 0: no cap)",
     )
     p.add_argument(
+        "--client-inflight-share",
+        type=float,
+        default=0.25,
+        help="the share of --max-inflight one client address may hold (0.25; at least 1)",
+    )
+    p.add_argument(
+        "--refusal-interval",
+        type=float,
+        default=1.0,
+        help="audit at most one refusal row per client address per this many seconds; the "
+        "rest are counted into a summary row (1; 0: one row per refusal)",
+    )
+    p.add_argument(
+        "--key-rate",
+        type=float,
+        default=10.0,
+        help="wrong admin keys checked per second per client address (10)",
+    )
+    p.add_argument(
+        "--key-rate-total",
+        type=float,
+        default=100.0,
+        help="wrong admin keys checked per second in all (100)",
+    )
+    p.add_argument(
         "--body-timeout",
         type=float,
         default=30.0,
@@ -199,6 +224,11 @@ def build_service(args: argparse.Namespace):
         batch_wait_ms=args.batch_wait_ms,
         max_batch_images=args.max_batch_images,
         max_inflight=args.max_inflight,
+        client_inflight_share=args.client_inflight_share,
+        refusal_interval_s=args.refusal_interval,
+        key_attempts_per_s=args.key_rate,
+        key_attempts_total_per_s=args.key_rate_total,
+        workers=args.workers,
         body_timeout_s=args.body_timeout,
         client_images_per_s=args.client_rate or None,
         client_burst=args.client_burst,

@@ -5,10 +5,7 @@ routes parse requests, enforce size limits and the admin key, and turn outcomes 
 """
 
 # No `from __future__ import annotations`: FastAPI reads these signatures at run time.
-import asyncio
 import contextlib
-import hmac
-import json
 import logging
 import time
 from typing import Annotated
@@ -20,20 +17,29 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
-from sqlalchemy import exc as sa_exc
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from activedaemon import __version__
 from activedaemon.serve.batching import Batcher
-from activedaemon.serve.gate import ApiError, Gatekeeper, refusal_outcome
+from activedaemon.serve.gate import ApiError, Gatekeeper
+from activedaemon.serve.guard import (
+    ADMIN_HEADER,
+    PREDICT_PATH,
+    BodyLimit,
+    DocsHeaders,
+    Guard,
+    KeyGuard,
+    RefusalLog,
+    json_error,
+)
 from activedaemon.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from activedaemon.serve.metrics import Metrics
-from activedaemon.serve.policy import ServiceSettings, retry_after
+from activedaemon.serve.policy import ServiceSettings
 from activedaemon.serve.registry import NAME_MAX, UserExists, UserNotFound
 
 log = logging.getLogger(__name__)
-ADMIN_HEADER = "X-Admin-Key"
+__all__ = ["BodyLimit", "Guard", "PREDICT_PATH", "create_app"]
 ADMIN_KEY_SCHEME = APIKeyHeader(name=ADMIN_HEADER, auto_error=False, description="owner's key")
 
 
@@ -118,186 +124,7 @@ def _errors(*codes: int) -> dict:
 
 
 def _json_error(status: int, error: str, reason: str) -> JSONResponse:
-    return JSONResponse({"error": error, "reason": reason}, status_code=status)
-
-
-class BodyLimit:
-    """Pure ASGI middleware: 413 for request bodies over ``max_bytes`` before they are spooled,
-    and 408 for a body that takes longer than ``timeout_s`` to arrive (a stalled upload)."""
-
-    def __init__(self, app, max_bytes: int, timeout_s: float | None = None) -> None:
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        try:
-            declared = int(headers.get(b"content-length", b"0"))
-        except ValueError:
-            declared = 0
-        too_big = _json_error(413, "too_large", f"request body over {self.max_bytes} bytes")
-        too_slow = _json_error(408, "request_timeout", f"the body did not arrive within "
-                               f"{self.timeout_s} s")  # fmt: skip
-        if declared > self.max_bytes:
-            return await too_big(scope, receive, send)
-        deadline = time.monotonic() + self.timeout_s if self.timeout_s else None
-        seen, started, failed = 0, False, None
-
-        async def counting_receive():
-            nonlocal seen, failed
-            try:
-                if deadline is None:
-                    message = await receive()
-                else:
-                    message = await asyncio.wait_for(receive(), deadline - time.monotonic())
-            except asyncio.TimeoutError:
-                failed = too_slow
-                raise _BodyRefused from None
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    failed = too_big
-                    raise _BodyRefused
-            return message
-
-        async def guarded_send(message):
-            nonlocal started
-            if failed is not None:  # the app turned our exception into its own error
-                if not started:
-                    started = True
-                    await failed(scope, receive, send)
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except _BodyRefused:
-            if not started:
-                await failed(scope, receive, send)
-
-
-class _BodyRefused(Exception):
-    pass
-
-
-PREDICT_PATH = "/v1/predict"
-DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
-
-
-def failure_response(e: Exception | None, metrics: Metrics | None = None) -> JSONResponse:
-    """503 for a registry that cannot be reached (``e`` None: known already), else 500; the
-    reason never holds the error."""
-    if e is None or isinstance(e, DB_ERRORS):
-        if e is not None:
-            log.error("registry unavailable: %s", type(e).__name__)
-        if metrics is not None:
-            metrics.registry_errors.inc()
-        response = _json_error(503, "registry_unavailable", "the user registry is unreachable; "
-                               "nothing was answered; retry later")  # fmt: skip
-        response.headers["Retry-After"] = "1"
-        return response
-    log.exception("unexpected failure")
-    return _json_error(500, "internal_error", "the service failed on this request (logged)")
-
-
-def _client(scope) -> str:
-    client = scope.get("client")
-    return client[0] if client else "unknown"
-
-
-class Guard:
-    """Outermost ASGI middleware. No exception leaves the service as a bare 500 (a registry
-    outage is a 503 JSON, anything else a 500 JSON, both logged). For POST /v1/predict: the
-    client's quota and the cap on requests in flight are checked before the body is read (429 /
-    503 with Retry-After), and every request gets exactly one audit outcome: the gate writes
-    one row per answered image; every other answer (a 4xx from any layer, a 5xx) gets one
-    summary row, written before it is sent. Metrics count every outcome."""
-
-    def __init__(self, app, gate, settings: ServiceSettings, metrics: Metrics, client_quota):
-        self.app, self.gate, self.settings, self.metrics = app, gate, settings, metrics
-        self.client_quota = client_quota
-        self.inflight = 0
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if not (scope["path"] == PREDICT_PATH and scope["method"] == "POST"):
-            try:
-                return await self.app(scope, receive, send)
-            except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare 500
-                return await failure_response(e, self.metrics)(scope, receive, send)
-        state = scope.setdefault("state", {})
-        state["client"] = _client(scope)
-        started = time.perf_counter()
-        held: list[dict] = []  # a refusal's messages, sent once its audit row is written
-        response_started = False
-
-        async def guarded_send(message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-                if message["status"] == 200 and state.get("audited"):
-                    self.metrics.requests.labels("ok").inc()
-            if state.get("audited"):
-                return await send(message)
-            held.append(message)
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                if await self._audit(held, state, started):
-                    for m in held:
-                        await send(m)
-                else:  # no refusal leaves unaudited: while the log is unwritable, all get 503
-                    state["audited"] = True
-                    unavailable = failure_response(None)
-                    await unavailable(scope, receive, send)
-                held.clear()
-
-        limit = self.settings.max_inflight
-        wait = self.client_quota.wait(state["client"]) if self.client_quota else 0.0
-        if wait:
-            response = _json_error(429, "rate_limited", "this client is over its quota; retry "
-                                   f"in {retry_after(wait)} s")  # fmt: skip
-            response.headers["Retry-After"] = retry_after(wait)
-            state["audit"] = (None, "rate_limited", f"client {state['client']} quota")
-            return await response(scope, receive, guarded_send)
-        if limit and self.inflight >= limit:
-            response = _json_error(503, "busy", f"{limit} queries are in flight; retry shortly")
-            response.headers["Retry-After"] = "1"
-            return await response(scope, receive, guarded_send)
-        self.inflight += 1
-        self.metrics.inflight.inc()
-        try:
-            await self.app(scope, receive, guarded_send)
-        except Exception as e:  # noqa: BLE001 - the last line of defence: never a bare 500
-            if response_started:
-                log.exception("failure after the answer started")
-            else:
-                await failure_response(e, self.metrics)(scope, receive, guarded_send)
-        finally:
-            self.inflight -= 1
-            self.metrics.inflight.dec()
-            self.metrics.latency.observe(time.perf_counter() - started)
-
-    async def _audit(self, held: list[dict], state: dict, started: float) -> bool:
-        """Write the refusal's one audit row; False when the registry cannot take it."""
-        status = next(m["status"] for m in held if m["type"] == "http.response.start")
-        body = b"".join(m.get("body", b"") for m in held if m["type"] == "http.response.body")
-        try:
-            error = str(json.loads(body).get("error", ""))
-        except (ValueError, AttributeError):
-            error = ""
-        audit = state.get("audit")
-        try:
-            await run_in_threadpool(self.gate.audit_refusal, started, state.get("images", 0),
-                                    status, error, audit)  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - the registry is down: say so, in the log too
-            log.error("refused query (%d %s) not audited: %s", status, error, type(e).__name__)
-            self.metrics.registry_errors.inc()
-            self.metrics.requests.labels("unavailable").inc()
-            return False
-        self.metrics.requests.labels(audit[1] if audit else refusal_outcome(status, error)).inc()
-        return True
+    return json_error(status, error, reason)
 
 
 def create_app(
@@ -308,8 +135,10 @@ def create_app(
     if not admin_key:
         raise ValueError("an admin key is required")
     settings = settings or ServiceSettings()
-    expected = admin_key.encode()
     registry = gate.registry
+    keys = KeyGuard(admin_key, settings.key_attempts_per_s, settings.key_attempts_total_per_s,
+                    settings.workers)  # fmt: skip
+    refusals = RefusalLog(registry, settings.refusal_interval_s)
     metrics = Metrics()
     batcher = None
     if settings.batching:
@@ -318,6 +147,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
+        await refusals.flush()  # the counted refusals' summary rows
         if batcher is not None:
             batcher.stop()
 
@@ -330,14 +160,20 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.batcher, app.state.metrics = batcher, metrics
+    app.state.keys, app.state.refusals = keys, refusals
     client_quota = settings.client_quota()
     app.add_middleware(BodyLimit, max_bytes=gate.limits.max_request_bytes,
-                       timeout_s=settings.body_timeout_s or None)  # fmt: skip
+                       timeout_s=settings.body_timeout_s or None,
+                       small_bytes=settings.small_body_bytes)  # fmt: skip
+    app.add_middleware(DocsHeaders)
     app.add_middleware(Guard, gate=gate, settings=settings, metrics=metrics,
-                       client_quota=client_quota)  # added last: the outermost  # fmt: skip
+                       client_quota=client_quota, keys=keys,
+                       refusals=refusals)  # added last: the outermost  # fmt: skip
 
     def require_admin(key: Annotated[str | None, Depends(ADMIN_KEY_SCHEME)]) -> None:
-        if key is None or not hmac.compare_digest(key.encode(), expected):
+        # The Guard has checked (and rationed) the key before the body was read; this is for
+        # the OpenAPI contract, and a second line.
+        if not keys.matches(key):
             raise ApiError(401, "unauthorized", f"missing or wrong {ADMIN_HEADER} header")
 
     # -- errors: always {"error", "reason"} JSON, and never a 5xx for a client's mistake -------
@@ -383,10 +219,11 @@ def create_app(
     ) -> dict:
         started = time.perf_counter()
         request.state.images = len(images)
+        if client_quota is not None and len(images) > 1:  # charged by images, now counted
+            client_quota.take(request.state.client, len(images) - 1, overdraw=True)
+            request.state.charged = float(len(images))
         try:
             blobs = await _read_uploads(images)
-            if client_quota is not None:  # charged by images, now that they are known
-                client_quota.take(request.state.client, len(blobs), overdraw=True)
             if batcher is None:
                 answer = await run_in_threadpool(gate.answer, blobs, started)
             else:
@@ -501,7 +338,7 @@ def create_app(
         auth = request.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             key = key or auth[7:].strip()
-        if not hmac.compare_digest(key.encode(), expected):
+        if not keys.matches(key):
             raise ApiError(401, "unauthorized", f"missing or wrong {ADMIN_HEADER} header")
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
@@ -511,5 +348,5 @@ def create_app(
 
     from activedaemon.serve.console import console_router  # the owner's web console, /console
 
-    app.include_router(console_router(gate, admin_key))
+    app.include_router(console_router(gate, admin_key, keys=keys, refusals=refusals))
     return app
