@@ -5,11 +5,19 @@ and audited, and the docs pages carry security headers. The same floods through 
 in ``test_deploy_proxy``; their timings in ``benchmarks/serve_crowd.py``."""
 
 import asyncio
+import hashlib
+import re
+import time
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
 
 from activedaemon.serve.app import create_app
+from activedaemon.serve.console import console_router
 from activedaemon.serve.gate import Limits
 from activedaemon.serve.guard import KeyGuard
 from activedaemon.serve.policy import ServiceSettings
@@ -156,4 +164,85 @@ def test_docs_pages_carry_security_headers(db_url, tiny_protected, generator):
             if "<script>" in r.text:
                 assert "'sha256-" in csp, csp
         assert "content-security-policy" not in client.get("/healthz").headers
+    gate.registry.close()
+
+
+# -- the console under --workers and restarts ------------------------------------------------------
+def console_sign_in(client) -> None:
+    form = client.get("/console/login").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)
+    r = client.post("/console/login", data={"csrf": csrf, "key": ADMIN_KEY}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_console_sessions_live_in_the_registry(db_url, tiny_protected, generator):
+    """One sign-in works on every process that shares the registry (another app here stands for
+    another worker, or the service after a restart); only a hash of the id is stored; sessions
+    end after their idle time and at sign-out everywhere."""
+    gate = make_gate(db_url, tiny_protected, generator)
+    other = make_gate(db_url, tiny_protected, generator)  # its own connections
+    with TestClient(create_app(gate, ADMIN_KEY)) as first:
+        console_sign_in(first)
+        sid = first.cookies["ad_console"]
+    with TestClient(create_app(other, ADMIN_KEY)) as second:
+        second.cookies.set("ad_console", sid, path="/console")
+        page = second.get("/console/users", follow_redirects=False)
+        assert page.status_code == 200, page.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+        r = second.post("/console/users", data={"csrf": csrf, "user_id": "worker02"})
+        assert r.status_code == 200 and "Registered user worker02" in r.text
+    with gate.registry.engine.connect() as conn:
+        stored = conn.execute(text("SELECT sid_hash FROM console_sessions")).scalars().all()
+    assert stored == [hashlib.sha256(sid.encode()).hexdigest()] and sid not in stored
+    # Idle for longer than the idle time: signed out.
+    app = FastAPI()
+    app.include_router(console_router(gate, ADMIN_KEY, idle_seconds=0.5))
+    with TestClient(app) as client:
+        console_sign_in(client)
+        assert client.get("/console/users", follow_redirects=False).status_code == 200
+        time.sleep(0.7)
+        assert client.get("/console/users", follow_redirects=False).status_code == 303
+    other.registry.close()
+    gate.registry.close()
+
+
+REVIEW_QUERIES = [
+    {"page": "99999999999999999999"},
+    {"since": "0001-01-01T00:00:00+14:00"},
+    {"until": "9999-12-31T23:59:59-14:00"},
+    {"page": "-3", "since": "9999-12-31T23:59:59", "until": "0001-01-01"},
+    {"user": "x" * 5000, "outcome": "y" * 5000, "window": "\x00"},
+]
+QUERY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40) | st.sampled_from(
+    ["99999999999999999999", "0", "-1", "1e9", "0001-01-01T00:00:00+14:00", "(none)", "*",
+     "9999-12-31T23:59:59-14:00", "2026-01-01T00:00", "NaN"]
+)  # fmt: skip
+QUERIES = st.dictionaries(
+    st.sampled_from(["page", "since", "until", "user", "outcome", "window"]), QUERY_TEXT
+)
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_console_list_pages_never_fail_on_a_query_string(db_url, tiny_protected, generator):
+    gate = make_gate(db_url, tiny_protected, generator)
+    gate.registry.add_user("alice001")
+    gate.registry.log_refusal(None, "bad_input", 1.0, 1, "400 bad_request", "10.0.0.1")
+    with TestClient(create_app(gate, ADMIN_KEY)) as client:
+        console_sign_in(client)
+        for query in REVIEW_QUERIES:
+            for page in ("/console/audit", "/console/users", "/console/usage", "/console/"):
+                r = client.get(page, params=query)
+                assert r.status_code in (200, 400), (page, query, r.text[-300:])
+        last = client.get("/console/audit", params={"page": "99999999999999999999"})
+        assert "page 1 of 1" in last.text and 'data-outcome="bad_input"' in last.text
+
+        @settings(max_examples=60, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+        @given(query=QUERIES, page=st.sampled_from(["/audit", "/users", "/usage", "/"]))
+        def no_500(query, page):
+            r = client.get("/console" + page, params=query)
+            assert r.status_code in (200, 400), (page, query, r.text[-300:])
+
+        no_500()
     gate.registry.close()
