@@ -166,7 +166,7 @@ def test_stalled_uploads_time_out_and_the_inflight_caps_hold(db_url, tiny_protec
     assert (busy.status_code, busy.json()["error"]) == (503, "busy"), busy.text
     assert busy.headers["retry-after"] == "1"
     statuses = [messages[0]["status"] for messages in stalled]
-    assert statuses == [408, 408, 503, 408, 408], statuses
+    assert statuses == [408, 408, 429, 408, 408], statuses
     assert after.status_code == 200, after.text
     rows = gate.registry.audit(20)
     assert sorted(r.outcome for r in rows) == ["busy"] * 2 + ["ok"] * 2 + ["timeout"] * 4

@@ -108,7 +108,8 @@ ERRORS = {
     422: {"model": ErrorOut, "description": "malformed request"},
     429: {
         "model": ErrorOut,
-        "description": "over the client's or the user's quota (see Retry-After)",
+        "description": "over the client's or the user's quota, or the client's share of the "
+        "queries in flight (see Retry-After)",
     },
     500: {"model": ErrorOut, "description": "the service failed (logged; audited for queries)"},
     503: {

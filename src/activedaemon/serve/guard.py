@@ -5,7 +5,7 @@ before any route runs, and the audit trail of what it refused.
   ``POST /v1/predict``, a small cap everywhere else) and must arrive within the body timeout.
 - :class:`Guard`: every request is charged to its client address's quota when its headers arrive
   (before the body is read); a query's images and bytes are charged once they are counted. One
-  address holds at most a share of the query slots. Owner endpoints check the admin key before
+  address holds at most a share of the query slots (429 beyond it; 503 when all are taken). Owner endpoints check the admin key before
   their body is read (:class:`KeyGuard`). Every ``POST /v1/predict`` gets exactly one audit
   outcome; no exception leaves as a bare 500.
 - :class:`RefusalLog`: refusals are audited at most one row per client address and interval: the
@@ -278,8 +278,8 @@ class Guard:
     outage is a 503 JSON, anything else a 500 JSON, both logged). Every request but /healthz is
     charged one unit of its address's quota when its headers arrive (429 with Retry-After once
     the bucket is empty). Owner endpoints get their admin key checked (:class:`KeyGuard`) before
-    the body is read. For POST /v1/predict: at most ``max_inflight`` queries in flight, and one
-    address holds at most ``client_inflight_share`` of them (503 ``busy``); the query's images
+    the body is read. For POST /v1/predict: at most ``max_inflight`` queries in flight (503 ``busy``), and
+    one address holds at most ``client_inflight_share`` of them (429 ``busy``); the query's images
     (and its body's bytes, one image's worth per ``max_bytes``) are charged once counted; every
     request gets exactly one audit outcome: the gate writes one row per answered image, every
     other answer goes to the :class:`RefusalLog` before it is sent. Metrics count outcomes."""
@@ -330,14 +330,14 @@ class Guard:
                 return await failure_response(e, self.metrics)(scope, receive, send)
         limit = self.settings.max_inflight
         busy = None
-        if limit and self.inflight >= limit:
-            busy = f"{limit} queries are in flight; retry shortly"
-        elif self.client_cap and self.inflight_by_client[client] >= self.client_cap:
-            busy = f"this client has {self.client_cap} queries in flight; retry shortly"
+        if self.client_cap and self.inflight_by_client[client] >= self.client_cap:
+            busy = 429, f"this client has {self.client_cap} queries in flight; retry shortly"
+        elif limit and self.inflight >= limit:
+            busy = 503, f"{limit} queries are in flight; retry shortly"
         if busy is not None:
-            response = json_error(503, "busy", busy, retry="1")
+            response = json_error(busy[0], "busy", busy[1], retry="1")
             return await self._refuse(scope, receive, send, started, True, "busy", response,
-                                      f"503 busy; {busy[:60]}")  # fmt: skip
+                                      f"{busy[0]} busy; {busy[1][:60]}")  # fmt: skip
         await self._predict(scope, receive, send, state, client, started)
 
     async def _refuse(self, scope, receive, send, started, predict, outcome, response, detail):

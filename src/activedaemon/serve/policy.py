@@ -75,7 +75,7 @@ class ServiceSettings:
     max_batch_images: int = 64
     # POST /v1/predict requests in flight at once (reading, waiting, running); more get 503.
     max_inflight: int = 32
-    # The share of those one client address may hold (at least 1); its next one gets 503.
+    # The share of those one client address may hold (at least 1); its next one gets 429.
     client_inflight_share: float = 0.25
     # Seconds a request may take to send its whole body; a stalled upload gets 408.
     body_timeout_s: float = 30.0
