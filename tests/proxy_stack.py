@@ -7,6 +7,7 @@ client of its own). Used by ``tests/test_deploy_proxy.py`` (correctness) and
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import secrets
 import shutil
@@ -80,10 +81,13 @@ class Stack:
     workers: int = 2
     extra: list[str] = field(default_factory=list)
     key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    direct: bool = False  # clients talk to the service itself (plain HTTP), no proxy
 
     def __post_init__(self) -> None:
         self.service_port, self.https_port = free_port(), free_port()
         self.url = f"https://127.0.0.1:{self.https_port}"
+        if self.direct:
+            self.url = f"http://127.0.0.1:{self.service_port}"
         self.service: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
 
@@ -119,6 +123,8 @@ class Stack:
         self.service = None
 
     def start_nginx(self) -> None:
+        if self.direct:
+            return
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError("nginx is not installed")
@@ -175,8 +181,8 @@ class Stack:
         sock = socket.socket()
         sock.bind((address, 0))
         sock.settimeout(15)
-        sock.connect(("127.0.0.1", self.https_port))
-        if not tls:
+        sock.connect(("127.0.0.1", self.service_port if self.direct else self.https_port))
+        if not tls or self.direct:
             return sock
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
@@ -336,6 +342,36 @@ def key_guessing(stack: Stack, address: str, deadline: float, tally: Tally,
 
     for t in threads(loop, conns):
         t.join()
+
+
+def start_flood(flood, stack: Stack, address: str, deadline: float):
+    """Start ``flood`` in a forked child process (call it while this process runs no other
+    thread), so that the flood's threads do not compete with the measuring client for this
+    interpreter's lock. :func:`finish_flood` collects its answers."""
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+
+    def child():
+        mine = Tally()
+        flood(stack, address, deadline, mine)
+        queue.put((mine.service, mine.proxy, mine.failures))
+
+    proc = context.Process(target=child, daemon=True)
+    proc.start()
+    return proc, queue, deadline
+
+
+def finish_flood(handle, tally: Tally) -> None:
+    proc, queue, deadline = handle
+    try:
+        service, proxy, failures = queue.get(timeout=max(1.0, deadline - time.monotonic()) + 90)
+    finally:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+    tally.service.update(service)
+    tally.proxy.update(proxy)
+    tally.failures += failures
 
 
 FLOODS = {

@@ -6,7 +6,6 @@ audited, the user served. The user's latencies are printed by benchmarks/serve_c
 
 import os
 import re
-import threading
 import time
 
 import pytest
@@ -14,7 +13,15 @@ import pytest
 from activedaemon.client import png_bytes
 from activedaemon.serve.registry import Registry
 from tests.conftest import PG_ENV
-from tests.proxy_stack import FLOODS, Stack, Tally, nginx_binary, user_loop
+from tests.proxy_stack import (
+    FLOODS,
+    Stack,
+    Tally,
+    finish_flood,
+    nginx_binary,
+    start_flood,
+    user_loop,
+)
 
 pytestmark = pytest.mark.skipif(
     nginx_binary() is None, reason="nginx is not installed (apt-get install nginx; .ci/run does)"
@@ -48,11 +55,9 @@ def test_floods_through_the_proxy(db_url, tiny_protected, generator, test_images
         for name, flood in FLOODS.items():
             tally = Tally()
             deadline = time.monotonic() + 3
-            worker = threading.Thread(target=flood, args=(stack, ADDRESSES[name], deadline, tally))
-            worker.start()
+            flooding = start_flood(flood, stack, ADDRESSES[name], deadline)
             user_loop(stack, USER_ADDRESS, files, deadline, user)
-            worker.join(60)
-            assert not worker.is_alive(), name
+            finish_flood(flooding, tally)
             tallies[name] = tally
         # The console: one sign-in, pages and posts on whichever worker, then a restart.
         with stack.client(OWNER_ADDRESS, follow_redirects=True) as browser:

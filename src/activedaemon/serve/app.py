@@ -139,7 +139,9 @@ def create_app(
     registry = gate.registry
     keys = KeyGuard(admin_key, settings.key_attempts_per_s, settings.key_attempts_total_per_s,
                     settings.workers)  # fmt: skip
-    refusals = RefusalLog(registry, settings.refusal_interval_s)
+    # Each of ``workers`` processes writes its rows at 1 / workers of the rate: the service as a
+    # whole stays at one row per address and interval.
+    refusals = RefusalLog(registry, settings.refusal_interval_s * settings.workers)
     metrics = Metrics()
     batcher = None
     if settings.batching:

@@ -5,9 +5,9 @@ before any route runs, and the audit trail of what it refused.
   ``POST /v1/predict``, a small cap everywhere else) and must arrive within the body timeout.
 - :class:`Guard`: every request is charged to its client address's quota when its headers arrive
   (before the body is read); a query's images and bytes are charged once they are counted. One
-  address holds at most a share of the query slots (429 beyond it; 503 when all are taken). Owner endpoints check the admin key before
-  their body is read (:class:`KeyGuard`). Every ``POST /v1/predict`` gets exactly one audit
-  outcome; no exception leaves as a bare 500.
+  address holds at most a share of the query slots (429 beyond it; 503 when all are taken).
+  Owner endpoints check the admin key before their body is read (:class:`KeyGuard`). Every
+  ``POST /v1/predict`` gets exactly one audit outcome; no exception leaves as a bare 500.
 - :class:`RefusalLog`: refusals are audited at most one row per client address and interval: the
   first is written before its answer, the rest are counted into one summary row.
 """
@@ -278,8 +278,9 @@ class Guard:
     outage is a 503 JSON, anything else a 500 JSON, both logged). Every request but /healthz is
     charged one unit of its address's quota when its headers arrive (429 with Retry-After once
     the bucket is empty). Owner endpoints get their admin key checked (:class:`KeyGuard`) before
-    the body is read. For POST /v1/predict: at most ``max_inflight`` queries in flight (503 ``busy``), and
-    one address holds at most ``client_inflight_share`` of them (429 ``busy``); the query's images
+    the body is read. For POST /v1/predict: at most ``max_inflight`` queries in flight (503
+    ``busy``), and one address holds at most ``client_inflight_share`` of them (429 ``busy``);
+    the query's images
     (and its body's bytes, one image's worth per ``max_bytes``) are charged once counted; every
     request gets exactly one audit outcome: the gate writes one row per answered image, every
     other answer goes to the :class:`RefusalLog` before it is sent. Metrics count outcomes."""

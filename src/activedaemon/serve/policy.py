@@ -88,7 +88,8 @@ class ServiceSettings:
     user_images_per_s: float | None = None
     user_burst: float = 256
     # Refusals are audited at most one row per client address per this many seconds (the rest
-    # are counted into a summary row); 0: one row per refusal.
+    # are counted into a summary row; with ``workers`` processes, for all of them together);
+    # 0: one row per refusal.
     refusal_interval_s: float = 0.0
     # Wrong admin keys checked per second, per address and in all (for the whole service: each
     # of ``workers`` processes takes its share).
