@@ -75,6 +75,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per phase (10)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--direct", action="store_true", help="no proxy: floods hit the service")
+    parser.add_argument(
+        "--flood-nice",
+        type=int,
+        default=19,
+        help="the flood clients' niceness (19): on a real network the attacker's CPU is not "
+        "the server's; 0 lets them take this machine's cores",
+    )
     parser.add_argument("--model", help="run folder (default: untrained width-8 ResNet-18)")
     parser.add_argument("--encoder", default="fashion-mnist-32")
     parser.add_argument("--pg-url", default=os.environ.get("ACTIVEDAEMON_TEST_PG_URL"))
@@ -108,7 +115,7 @@ def main() -> None:
                 tally, user = Tally(), Tally()
                 start = time.monotonic()
                 deadline = start + args.seconds
-                flooding = start_flood(flood, stack, addresses[name], deadline)
+                flooding = start_flood(flood, stack, addresses[name], deadline, args.flood_nice)
                 user_loop(stack, USER, files, deadline, user)
                 finish_flood(flooding, tally)
                 rows.append((name, user, tally))
@@ -121,7 +128,8 @@ def main() -> None:
         registry.close()
     where = "direct to the service" if args.direct else "through nginx"
     print(f"{args.workers} workers, {where}, {args.seconds:.0f} s a phase, registry "
-          f"{'PostgreSQL' if args.pg_url else 'SQLite'}")  # fmt: skip
+          f"{'PostgreSQL' if args.pg_url else 'SQLite'}, flood clients at nice "
+          f"{args.flood_nice}")  # fmt: skip
     quiet_p99 = percentile(quiet.latencies, 0.99)
     print(f"{'phase':28} {'user req':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99/q':>6} {'user !200':>9}"
           f"  flood answers (service | proxy), 5xx, audit rows (/s), keys checked/s")  # fmt: skip

@@ -344,14 +344,16 @@ def key_guessing(stack: Stack, address: str, deadline: float, tally: Tally,
         t.join()
 
 
-def start_flood(flood, stack: Stack, address: str, deadline: float):
+def start_flood(flood, stack: Stack, address: str, deadline: float, nice: int = 0):
     """Start ``flood`` in a forked child process (call it while this process runs no other
     thread), so that the flood's threads do not compete with the measuring client for this
-    interpreter's lock. :func:`finish_flood` collects its answers."""
+    interpreter's lock; ``nice``: its scheduling niceness (on a real network the attacker's
+    CPU is not the server's). :func:`finish_flood` collects its answers."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
 
     def child():
+        os.nice(nice)
         mine = Tally()
         flood(stack, address, deadline, mine)
         queue.put((mine.service, mine.proxy, mine.failures))
