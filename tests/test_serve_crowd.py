@@ -246,3 +246,36 @@ def test_console_list_pages_never_fail_on_a_query_string(db_url, tiny_protected,
 
         no_500()
     gate.registry.close()
+
+
+def test_refusals_arriving_together_make_one_row_and_a_summary():
+    """Refusals that arrive while the first one's row is being written are counted, not each
+    written (the interval starts before the write)."""
+    import threading
+
+    from activedaemon.serve.guard import RefusalLog
+
+    class SlowRegistry:
+        def __init__(self):
+            self.rows, self.lock = [], threading.Lock()
+
+        def log_refusal(self, user_id, outcome, ms, images, detail, client=None, requests=1):
+            time.sleep(0.05)
+            with self.lock:
+                self.rows.append((client, outcome, requests))
+
+    registry = SlowRegistry()
+    refusals = RefusalLog(registry, interval_s=60)
+
+    async def crowd():
+        started = time.perf_counter()
+        done = await asyncio.gather(
+            *(refusals.refuse(f"10.0.0.{i % 2}", started, 0, "busy", "x") for i in range(40))
+        )
+        assert all(done)
+        assert len(registry.rows) == 2  # one per address so far
+        await refusals.flush()
+
+    asyncio.run(crowd())
+    assert sorted(registry.rows) == [("10.0.0.0", "busy", 1), ("10.0.0.0", "busy", 19),
+                                     ("10.0.0.1", "busy", 1), ("10.0.0.1", "busy", 19)]  # fmt: skip

@@ -159,14 +159,20 @@ class RefusalLog:
             pending.latency_ms = max(pending.latency_ms, ms)
             self._start_flusher()
             return True
+        before = self._written.get(client)
+        if self.interval_s:  # before the write: refusals that arrive meanwhile are counted
+            self._written[client] = now
         try:
             await run_in_threadpool(self.registry.log_refusal, user_id, outcome, ms, images,
                                     detail, client)  # fmt: skip
         except Exception as e:  # noqa: BLE001 - the registry is down: the caller says so
             log.error("refusal (%s) not audited: %s", outcome, type(e).__name__)
+            if self.interval_s:
+                if before is None:
+                    self._written.pop(client, None)
+                else:
+                    self._written[client] = before
             return False
-        if self.interval_s:
-            self._written[client] = now
         return True
 
     def _start_flusher(self) -> None:
@@ -189,6 +195,7 @@ class RefusalLog:
             counts = " ".join(f"{o}={n}" for o, n in sorted(p.outcomes.items()))
             detail = f"{p.requests} refusals counted together; {counts}"
             outcome = p.outcomes.most_common(1)[0][0]
+            self._written[client] = now
             try:
                 await run_in_threadpool(self.registry.log_refusal, None, outcome, p.latency_ms,
                                         p.images, detail, client, p.requests)  # fmt: skip
@@ -198,7 +205,6 @@ class RefusalLog:
                 old.outcomes.update(p.outcomes)
                 old.images += p.images
                 return
-            self._written[client] = now
         stale = [c for c, t in self._written.items() if now - t >= self.interval_s]
         for c in stale:
             if c not in self._pending:
