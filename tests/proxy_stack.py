@@ -263,7 +263,9 @@ def stalled_bodies(stack: Stack, address: str, deadline: float, tally: Tally, n:
     socks = []
     head = (
         b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n"
-        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n" + b"-" * 1000
+        b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+        b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + b"x" * 1000
     )
     for _ in range(n):
         try:
