@@ -286,10 +286,10 @@ class Guard:
     the bucket is empty). Owner endpoints get their admin key checked (:class:`KeyGuard`) before
     the body is read. For POST /v1/predict: at most ``max_inflight`` queries in flight (503
     ``busy``), and one address holds at most ``client_inflight_share`` of them (429 ``busy``);
-    the query's images
-    (and its body's bytes, one image's worth per ``max_bytes``) are charged once counted; every
-    request gets exactly one audit outcome: the gate writes one row per answered image, every
-    other answer goes to the :class:`RefusalLog` before it is sent. Metrics count outcomes."""
+    the query's images (and its body's bytes, one image's worth per ``max_bytes``) are charged
+    once counted; every request gets exactly one audit outcome: the gate writes one row per
+    answered image, every other answer goes to the :class:`RefusalLog` (the first of an interval
+    before it is sent). Metrics count outcomes."""
 
     def __init__(
         self,
