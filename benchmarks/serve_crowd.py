@@ -5,8 +5,9 @@
 nginx with the shipped deploy/nginx/activedaemon.conf (TLS, a throw-away certificate) in front of
 `activedaemon serve --workers N` (SQLite in a temporary folder, or PostgreSQL from --pg-url /
 $ACTIVEDAEMON_TEST_PG_URL in a fresh schema); with ``--direct`` the clients talk to the service
-itself, without the proxy. One registered user sends one authorized image per request, back to
-back, alone and then beside each flood (each from its own loopback address, for --seconds):
+itself, without the proxy. One registered user sends one authorized image per request, up to
+50 a second, alone and then beside each flood (each from its own loopback address, for
+--seconds, its client a child process at --flood-nice):
 early refusals (4 connections of 65-part requests), 32 stalled bodies, unauthenticated 60 MB
 owner bodies (2 connections), 500 idle connections, admin-key guessing from one address
 (4 connections) and from 12 addresses at once. Printed per phase: the user's requests, p50 / p99

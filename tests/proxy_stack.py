@@ -227,13 +227,17 @@ def raw_answer(data: bytes) -> httpx.Response | None:
     return httpx.Response(int(parts[1]), headers={PROXY_HEADER: "proxy"} if by_proxy else {})
 
 
-def user_loop(stack: Stack, address: str, files: list, deadline: float, tally: Tally) -> None:
-    """A registered user: one authorized image per request, back to back, until the deadline."""
+def user_loop(stack: Stack, address: str, files: list, deadline: float, tally: Tally,
+              rate: float = 50.0) -> None:  # fmt: skip
+    """A registered user: one authorized image per request, at most ``rate`` requests a second
+    (within the service's and the proxy's 100 a second), until the deadline."""
     with stack.client(address) as c:
         while time.monotonic() < deadline:
             t = time.perf_counter()
             r = c.post("/v1/predict", files=files)
-            tally.add(r, time.perf_counter() - t)
+            took = time.perf_counter() - t
+            tally.add(r, took)
+            time.sleep(max(0.0, 1 / rate - took))
 
 
 def multipart_parts(n: int) -> tuple[bytes, str]:
