@@ -402,8 +402,12 @@ def console_router(
             "secure": request.url.scheme == "https",
         }
 
-    def _page(request: Request, template: str, status: int = 200, session=None, **ctx) -> Response:
+    def _page(
+        request: Request, template: str, status: int = 200, session=None, once=(), **ctx
+    ) -> Response:
+        """A page; ``once``: messages for this answer only (never stored)."""
         flash = sessions.take_flash(session) if session is not None else []
+        flash = [*flash, *once]
         html = env.get_template(template).render(
             request=request, session=session, flash=flash, **ctx
         )
@@ -543,6 +547,9 @@ def console_router(
         session = _session(request)
         if session is None:
             return _to("/login")
+        return _users(request, session)
+
+    def _users(request: Request, session: ConsoleSession, once=()) -> Response:
         activity = registry.user_activity()
         pages = max(1, math.ceil(registry.count_users() / PAGE_SIZE))
         page = min(_page_number(request.query_params.get("page")), pages)
@@ -566,6 +573,7 @@ def console_router(
             page="users",
             rows=rows,
             ordered_outcomes=ordered_outcomes,
+            once=once,
             page_no=page,
             pages=pages,
             prev_link=f"{PREFIX}/users?page={page - 1}" if page > 1 else None,
@@ -595,8 +603,8 @@ def console_router(
         log.info("user %s registered (console)", info.user_id)
         text = f"Registered user {info.user_id}" + (f" ({info.name})" if info.name else "") + "."
         await run_in_threadpool(sessions.add_flash, session, "ok", text)
-        if credential:
-            await run_in_threadpool(sessions.add_flash, session, "credential", credential)
+        if credential:  # key material: shown in this answer, never stored with the session
+            return await run_in_threadpool(_users, request, session, [("credential", credential)])
         return _to("/users")
 
     async def _set_active(request: Request, active: bool) -> Response:
