@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import re
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi import FastAPI
@@ -279,3 +280,31 @@ def test_refusals_arriving_together_make_one_row_and_a_summary():
     asyncio.run(crowd())
     assert sorted(registry.rows) == [("10.0.0.0", "busy", 1), ("10.0.0.0", "busy", 19),
                                      ("10.0.0.1", "busy", 1), ("10.0.0.1", "busy", 19)]  # fmt: skip
+
+
+SCHEMA_CHANGES = [
+    "DROP TRIGGER query_log_no_delete",
+    "DROP TABLE query_log",
+    "ALTER TABLE query_log RENAME TO old_log",
+    "PRAGMA writable_schema = ON",
+    "CREATE TRIGGER hide BEFORE INSERT ON query_log BEGIN SELECT RAISE(IGNORE); END",
+]
+
+
+def test_the_services_sqlite_connections_cannot_touch_the_audit_triggers(tmp_path):
+    from sqlalchemy import exc as sa_exc
+
+    from activedaemon.serve.registry import Registry, sqlite_url
+
+    registry = Registry(sqlite_url(tmp_path / "r.db"))
+    registry.log_refusal(None, "bad_input", 1.0, 1, "x", "10.0.0.1")
+    for engine in (registry.engine, registry._audit_engine):
+        for sql in SCHEMA_CHANGES:
+            with pytest.raises(sa_exc.DBAPIError, match="not authorized"), engine.begin() as c:
+                c.execute(text(sql))
+    registry.log_refusal(None, "bad_input", 1.0, 1, "y", "10.0.0.1")
+    registry.create_session("h" * 64, "c", datetime.now(timezone.utc) + timedelta(hours=1))
+    registry.drop_session("h" * 64)
+    assert registry.count_audit() == 2
+    registry.close()
+    assert Registry(sqlite_url(tmp_path / "r.db")).count_audit() == 2  # opens (migrated) again

@@ -499,7 +499,25 @@ class SessionStore:
                 ConsoleSessionRow.sid_hash == sid_hash))  # fmt: skip
 
 
-def _engine(url: str, synchronous: str = "FULL") -> Engine:
+def _schema_guard(action: int, arg1, _arg2, _db, _trigger) -> int:
+    """SQLite authorizer of the service's own connections, once migrated: no statement through
+    them may drop, alter or add a table or trigger, nor write the schema directly (so the audit
+    log's triggers stay; anyone who can write the file itself still can)."""
+    import sqlite3
+
+    denied = {
+        sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_TEMP_TRIGGER,
+        sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+        sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_TEMP_TABLE, sqlite3.SQLITE_ALTER_TABLE,
+    }  # fmt: skip
+    if action in denied:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA and str(arg1).lower() == "writable_schema":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def _engine(url: str, synchronous: str = "FULL", guard: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
@@ -515,6 +533,8 @@ def _engine(url: str, synchronous: str = "FULL") -> Engine:
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
+        if guard:
+            dbapi_conn.set_authorizer(_schema_guard)
 
     return engine
 
@@ -526,12 +546,15 @@ class Registry(AuditViews, SessionStore):
         self.url = url
         self.engine = _engine(url)  # users: each commit is on disk before the 2xx (fsync)
         self.version = migrate(self.engine)
+        sqlite = self.engine.dialect.name == "sqlite"
+        if sqlite:  # migrated: from now on no connection of ours may change the schema
+            self.engine.dispose()
+            self.engine = _engine(url, guard=True)
         # Audit rows: committed before the answer too, but without waiting for the disk. They
         # survive the service being killed; an OS crash or power cut can drop the last few
         # (SQLite WAL synchronous=NORMAL; PostgreSQL synchronous_commit=off). An fsync per query
         # would cap the service at the disk's fsync rate.
-        sqlite = self.engine.dialect.name == "sqlite"
-        self._audit_engine = _engine(url, "NORMAL") if sqlite else self.engine
+        self._audit_engine = _engine(url, "NORMAL", guard=True) if sqlite else self.engine
         self._lock = threading.Lock()  # serialises user creation (numbers, random ids)
         with self.engine.connect() as conn:
             epoch = conn.execute(text("SELECT value FROM registry_meta WHERE name = 'key_epoch'"))
