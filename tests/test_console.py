@@ -286,6 +286,9 @@ def test_authenticated_mode_shows_the_credential_once(tmp_path, served_run, gene
         credential = re.search(r'<code id="credential">([^<]+)</code>', r.text).group(1)
         assert credential.startswith("ad1.20.0.")
         assert credential not in client.get("/console/users").text  # shown once
+    with gate.registry.engine.connect() as conn:  # and never stored with the session
+        stored = conn.exec_driver_sql("SELECT flash, csrf FROM console_sessions").all()
+    assert stored and not any(credential in str(row) for row in stored)
     gate.registry.close()
 
 

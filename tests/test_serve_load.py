@@ -111,7 +111,8 @@ def test_token_buckets_refill_and_forget():
     assert set(buckets._buckets) == {"c"}
 
 
-async def _stalled_post(app, sent: list, release: asyncio.Event, path="/v1/predict") -> None:
+async def _stalled_post(app, sent: list, release: asyncio.Event, path="/v1/predict",
+                        client="127.0.0.9") -> None:  # fmt: skip
     """A multipart upload that sends its headers and part of its body, then stalls."""
     body = b'--b\r\nContent-Disposition: form-data; name="images"; filename="a.png"\r\n\r\n'
     chunks = [{"type": "http.request", "body": body, "more_body": True}]
@@ -128,37 +129,48 @@ async def _stalled_post(app, sent: list, release: asyncio.Event, path="/v1/predi
     scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(),
              "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
              "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
-             "client": ("127.0.0.9", 5), "server": ("t", 80)}  # fmt: skip
+             "client": (client, 5), "server": ("t", 80)}  # fmt: skip
     await app(scope, receive, send)
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_stalled_uploads_time_out_and_the_inflight_cap_holds(db_url, tiny_protected, generator,
+def test_stalled_uploads_time_out_and_the_inflight_caps_hold(db_url, tiny_protected, generator,
                                                               test_images):  # fmt: skip
+    """One address holds at most its share of the slots (here 2 of 4); all addresses together
+    at most the cap; stalled bodies end at the body timeout."""
     gate = make_gate(db_url, tiny_protected, generator)
-    app = create_app(gate, ADMIN_KEY, ServiceSettings(max_inflight=2, body_timeout_s=1.0))
+    settings = ServiceSettings(max_inflight=4, client_inflight_share=0.5, body_timeout_s=1.5)
+    app = create_app(gate, ADMIN_KEY, settings)
     uid = gate.registry.add_user().user_id
     good = files_of(generator.embed(test_images[0][:1], uid))
 
     async def scenario():
         release = asyncio.Event()
-        stalled = [[], []]
-        tasks = [asyncio.create_task(_stalled_post(app, s, release)) for s in stalled]
-        await asyncio.sleep(0.2)  # both stalled uploads are in flight now
+        stalled = [[] for _ in range(5)]
+        hosts = ["127.0.0.9"] * 3 + ["127.0.0.8"] * 2
+        tasks = []
+        for s, host in zip(stalled, hosts, strict=True):
+            tasks.append(asyncio.create_task(_stalled_post(app, s, release, client=host)))
+            await asyncio.sleep(0.05)
+            if len(tasks) == 3:  # .9 holds its 2; another address still gets in
+                served = (await post_all(app, [good]))[0]
+        await asyncio.sleep(0.1)  # 4 stalled uploads in flight now: the cap
         busy = (await post_all(app, [good]))[0]
         await asyncio.gather(*tasks)  # the body timeout ends them
         after = (await post_all(app, [good]))[0]
         release.set()
-        return stalled, busy, after
+        return stalled, served, busy, after
 
-    stalled, busy, after = asyncio.run(scenario())
+    stalled, served, busy, after = asyncio.run(scenario())
+    assert served.status_code == 200, served.text
     assert (busy.status_code, busy.json()["error"]) == (503, "busy"), busy.text
     assert busy.headers["retry-after"] == "1"
-    for messages in stalled:
-        assert messages[0]["status"] == 408, messages
+    statuses = [messages[0]["status"] for messages in stalled]
+    assert statuses == [408, 408, 429, 408, 408], statuses
     assert after.status_code == 200, after.text
-    outcomes = [a.outcome for a in gate.registry.audit(10)]
-    assert sorted(outcomes) == ["busy", "ok", "timeout", "timeout"], outcomes
+    rows = gate.registry.audit(20)
+    assert sorted(r.outcome for r in rows) == ["busy"] * 2 + ["ok"] * 2 + ["timeout"] * 4
+    assert {r.client for r in rows if r.outcome == "timeout"} == {"127.0.0.9", "127.0.0.8"}
     gate.registry.close()
 
 

@@ -78,6 +78,31 @@ def add_parsers(sub) -> None:
         help="queries in flight at once; more get 503 (32; 0: no cap)",
     )
     p.add_argument(
+        "--client-inflight-share",
+        type=float,
+        default=0.25,
+        help="the share of --max-inflight one client address may hold (0.25; at least 1)",
+    )
+    p.add_argument(
+        "--refusal-interval",
+        type=float,
+        default=1.0,
+        help="audit at most one refusal row per client address per this many seconds; the "
+        "rest are counted into a summary row (1; 0: one row per refusal)",
+    )
+    p.add_argument(
+        "--key-rate",
+        type=float,
+        default=10.0,
+        help="wrong admin keys checked per second per client address (10)",
+    )
+    p.add_argument(
+        "--key-rate-total",
+        type=float,
+        default=100.0,
+        help="wrong admin keys checked per second in all (100)",
+    )
+    p.add_argument(
         "--body-timeout",
         type=float,
         default=30.0,
@@ -162,82 +187,10 @@ def add_parsers(sub) -> None:
         p.set_defaults(func=cmd_users)
 
 
-def auth_scheme(args: argparse.Namespace):
-    """The authenticated-id layout and master secret, or (None, None) for plain ids."""
-    if not args.auth_ids:
-        return None, None
-    from activedaemon.serve.authid import AuthIdScheme
-    from activedaemon.serve.server import MASTER_KEY_ENV, read_secret
-
-    hash_bits = args.hash_bits if args.bind_image else 0
-    retry = args.retry_bits if args.bind_image else 0
-    scheme = AuthIdScheme(user_bits=args.user_bits, hash_bits=hash_bits, retry_bits=retry)
-    master = read_secret(MASTER_KEY_ENV, args.master_key_file, "master secret")
-    return scheme, master.encode()
-
-
-SERVE_ARGS_ENV = "ACTIVEDAEMON_SERVE_ARGS"
-
-
-def build_service(args: argparse.Namespace):
-    """(gate, admin key, settings) from the `serve` arguments: what each server process runs."""
-    from activedaemon.serve.gate import Limits
-    from activedaemon.serve.policy import ServiceSettings
-    from activedaemon.serve.server import (
-        ADMIN_KEY_ENV,
-        build_gatekeeper,
-        read_secret,
-        resolve_db_url,
-    )
-
-    admin_key = read_secret(ADMIN_KEY_ENV, args.admin_key_file, "admin key")
-    scheme, master = auth_scheme(args)
-    formats = tuple(f.upper() for f in args.formats.split(","))
-    limits = Limits(args.max_images, args.max_bytes, args.max_pixels, formats)
-    settings = ServiceSettings(
-        batching=not args.no_batching,
-        batch_wait_ms=args.batch_wait_ms,
-        max_batch_images=args.max_batch_images,
-        max_inflight=args.max_inflight,
-        body_timeout_s=args.body_timeout,
-        client_images_per_s=args.client_rate or None,
-        client_burst=args.client_burst,
-        user_images_per_s=args.user_rate or None,
-        user_burst=args.user_burst,
-    )
-    gate = build_gatekeeper(
-        args.model,
-        args.encoder,
-        resolve_db_url(args.db, args.db_file),
-        limits=limits,
-        scheme=scheme,
-        master=master,
-        force_encoder=args.force_encoder,
-        user_quota=settings.user_quota(),
-    )
-    return gate, admin_key, settings
-
-
-def worker_app():
-    """uvicorn's app factory in each `serve --workers N` process: the parent's arguments come
-    through the environment (no secrets: those are read again from their variable or file)."""
-    import json
-    import logging
-    import os
-
-    from activedaemon.serve.app import create_app
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    gate, admin_key, settings = build_service(
-        argparse.Namespace(**json.loads(os.environ[SERVE_ARGS_ENV]))
-    )
-    return create_app(gate, admin_key, settings)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from activedaemon.serve.server import serve
+    from activedaemon.serve.server import SERVE_ARGS_ENV, auth_scheme, build_service, serve
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.workers > 1:
@@ -254,7 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         Registry(resolve_db_url(args.db, args.db_file)).close()  # migrate once, not N times
         fields = {k: v for k, v in vars(args).items() if k != "func"}
         os.environ[SERVE_ARGS_ENV] = json.dumps(fields, default=str)
-        uvicorn.run("activedaemon.cli.service:worker_app", factory=True, workers=args.workers,
+        uvicorn.run("activedaemon.serve.server:worker_app", factory=True, workers=args.workers,
                     host=args.host, port=args.port, log_level="info")  # fmt: skip
         return 0
     gate, admin_key, settings = build_service(args)

@@ -8,11 +8,16 @@ against a cookie). Actions go through the same calls as the HTTP API (``Gatekeep
 ``Registry.set_active``), so they take effect on the next prediction. Outcome names are data: the
 pages show whatever outcomes the audit log holds.
 
-Sessions live in the service's memory: a restart signs everyone out.
+Sessions live in the registry database (only the SHA-256 of each session id is stored), so they
+survive restarts and every ``--workers`` process sees them; a session ends at its expiry, after
+an idle timeout, or at sign-out. Wrong keys at sign-in are audited and rationed like the API's
+(:class:`~activedaemon.serve.guard.KeyGuard`). The list pages are paged and their filters bounded:
+no query string makes a page fail.
 """
 
 # No `from __future__ import annotations`: FastAPI reads these signatures at run time.
 import asyncio
+import hashlib
 import hmac
 import io
 import json
@@ -21,7 +26,7 @@ import math
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
@@ -35,7 +40,9 @@ from starlette.concurrency import run_in_threadpool
 
 from activedaemon import __version__
 from activedaemon.serve.gate import Gatekeeper
-from activedaemon.serve.registry import NO_USER, UserExists, UserNotFound
+from activedaemon.serve.guard import KeyGuard, RefusalLog, client_of
+from activedaemon.serve.policy import retry_after
+from activedaemon.serve.registry import NO_USER, Registry, UserExists, UserNotFound
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +50,10 @@ PREFIX = "/console"
 SESSION_COOKIE = "ad_console"
 LOGIN_COOKIE = "ad_console_login"  # the sign-in form's CSRF token (double submit)
 SESSION_SECONDS = 8 * 3600
+IDLE_SECONDS = 3600  # a session unused this long ends
 LOGIN_FORM_SECONDS = 1800
 PAGE_SIZE = 50
+USAGE_MENU_USERS = 500  # the usage page's user menu lists the first this many
 FAILED_SIGN_IN_DELAY = 0.5  # seconds; slows guessing the key through the form
 
 # Known outcomes in display order, with a colour and a word for people. Others (written by a
@@ -58,6 +67,10 @@ OUTCOMES: dict[str, tuple[str, str]] = {
     "batch_rejected": ("#ef6c00", "batch refused (another image)"),
     "limited": ("#1565c0", "rate limited"),
     "bad_input": ("#5d4037", "malformed request"),
+    "rate_limited": ("#1565c0", "over a quota"),
+    "busy": ("#0277bd", "too many queries in flight"),
+    "bad_key": ("#212121", "wrong admin key"),
+    "key_throttled": ("#424242", "admin key attempts rationed"),
 }
 OTHER_COLOURS = ["#616161", "#90a4ae", "#455a64", "#bdbdbd", "#37474f", "#78909c"]
 
@@ -166,41 +179,57 @@ def usage_chart_svg(edges: list[datetime], counts: dict[str, list[int]], title: 
 # -- sessions -----------------------------------------------------------------------------------
 @dataclass
 class ConsoleSession:
+    sid_hash: str
     csrf: str
-    expires: float
-    flash: list[tuple[str, str]] = field(default_factory=list)  # (kind, text), shown once
+    flash: list  # [kind, text] pairs, shown once
+
+
+def _hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode("utf-8", "replace")).hexdigest()
 
 
 class Sessions:
-    """Signed-in browsers: random session id -> CSRF token, expiry and one-shot messages."""
+    """Signed-in browsers, stored in the registry: random session id (only its SHA-256 is
+    stored) -> CSRF token, expiry, last use and one-shot messages."""
 
-    def __init__(self, seconds: float, clock=time.monotonic) -> None:
-        self.seconds, self.clock = seconds, clock
-        self._by_id: dict[str, ConsoleSession] = {}
-        self._lock = threading.Lock()
+    def __init__(self, store: Registry, seconds: float, idle_seconds: float = IDLE_SECONDS):
+        self.store, self.seconds, self.idle = store, seconds, idle_seconds
 
     def create(self) -> tuple[str, ConsoleSession]:
         sid = secrets.token_urlsafe(32)
-        session = ConsoleSession(secrets.token_urlsafe(32), self.clock() + self.seconds)
-        with self._lock:
-            now = self.clock()
-            self._by_id = {k: v for k, v in self._by_id.items() if v.expires > now}
-            self._by_id[sid] = session
+        session = ConsoleSession(_hash(sid), secrets.token_urlsafe(32), [])
+        expires = datetime.now(timezone.utc) + timedelta(seconds=self.seconds)
+        self.store.create_session(session.sid_hash, session.csrf, expires)
         return sid, session
 
     def get(self, sid: str | None) -> ConsoleSession | None:
-        if not sid:
+        if not sid or len(sid) > 200:
             return None
-        with self._lock:
-            session = self._by_id.get(sid)
-            if session is not None and session.expires <= self.clock():
-                del self._by_id[sid]
-                return None
-            return session
+        stored = self.store.get_session(_hash(sid))
+        if stored is None:
+            return None
+        now = datetime.now(timezone.utc)
+        idle = (now - stored.last_seen).total_seconds()
+        if stored.expires_at <= now or idle >= self.idle:
+            self.store.drop_session(stored.sid_hash)
+            return None
+        if idle >= min(60.0, self.idle / 4):  # not a write per page
+            self.store.update_session(stored.sid_hash, last_seen=now)
+        return ConsoleSession(stored.sid_hash, stored.csrf, [tuple(f) for f in stored.flash])
+
+    def add_flash(self, session: ConsoleSession, kind: str, text: str) -> None:
+        session.flash.append((kind, text))
+        self.store.update_session(session.sid_hash, flash=session.flash)
+
+    def take_flash(self, session: ConsoleSession) -> list:
+        flash, session.flash = session.flash, []
+        if flash:
+            self.store.update_session(session.sid_hash, flash=[])
+        return flash
 
     def drop(self, sid: str | None) -> None:
-        with self._lock:
-            self._by_id.pop(sid or "", None)
+        if sid:
+            self.store.drop_session(_hash(sid))
 
 
 # -- the model's records --------------------------------------------------------------------------
@@ -293,16 +322,36 @@ class _Refused(Exception):
         self.status, self.reason = status, reason
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9000, 1, 1, tzinfo=timezone.utc)
+MAX_PAGE = 10**9
+
+
 def _parse_time(text: str) -> datetime | None:
-    """An ISO time from a form (``datetime-local`` gives no zone: UTC is meant)."""
-    text = text.strip()
+    """An ISO time from a form (``datetime-local`` gives no zone: UTC is meant), clamped to
+    [1970, 9000) UTC: a time that would leave the calendar once in UTC is a bound of no use."""
+    text = text.strip()[:64]
     if not text:
         return None
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise _Refused(400, f"not a time: {text[:40]!r} (use YYYY-MM-DDTHH:MM, UTC)") from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    try:
+        t = t.astimezone(timezone.utc)
+    except OverflowError:  # 0001-01-01 at +14:00, 9999-12-31 at -14:00
+        return EARLIEST if t.year < 2000 else LATEST
+    return min(max(t, EARLIEST), LATEST)
+
+
+def _page_number(text: str | None) -> int:
+    """A page number from a query string: 1 unless a positive integer; at most MAX_PAGE."""
+    text = (text or "").strip()
+    if not text.isdigit() or len(text) > 12:
+        return 1 if not text.isdigit() else MAX_PAGE
+    return min(max(1, int(text)), MAX_PAGE)
 
 
 def _fmt_time(t: datetime | None) -> str:
@@ -315,15 +364,21 @@ def console_router(
     *,
     model_run: str | Path | None = None,
     session_seconds: float = SESSION_SECONDS,
+    idle_seconds: float = IDLE_SECONDS,
+    keys: KeyGuard | None = None,
+    refusals: RefusalLog | None = None,
 ) -> APIRouter:
     """The console's routes (mount with ``app.include_router``). ``model_run``: the served
-    model's run folder, for the model page (default: the folder the classifier was loaded from)."""
+    model's run folder, for the model page (default: the folder the classifier was loaded from).
+    ``keys`` and ``refusals``: the service's admin-key rationing and refusal audit (its own
+    when absent)."""
     if not admin_key:
         raise ValueError("an admin key is required")
-    expected = admin_key.encode()
     registry = gate.registry
+    keys = keys or KeyGuard(admin_key)
+    refusals = refusals or RefusalLog(registry)
     run = model_run if model_run is not None else getattr(gate.model, "run_folder", None)
-    sessions = Sessions(session_seconds)
+    sessions = Sessions(registry, session_seconds, idle_seconds)
     static = resources.files("activedaemon.serve") / "static"
     env = Environment(
         loader=FileSystemLoader(str(resources.files("activedaemon.serve") / "templates")),
@@ -347,10 +402,12 @@ def console_router(
             "secure": request.url.scheme == "https",
         }
 
-    def _page(request: Request, template: str, status: int = 200, session=None, **ctx) -> Response:
-        flash = []
-        if session is not None:
-            flash, session.flash = session.flash, []
+    def _page(
+        request: Request, template: str, status: int = 200, session=None, once=(), **ctx
+    ) -> Response:
+        """A page; ``once``: messages for this answer only (never stored)."""
+        flash = sessions.take_flash(session) if session is not None else []
+        flash = [*flash, *once]
         html = env.get_template(template).render(
             request=request, session=session, flash=flash, **ctx
         )
@@ -405,6 +462,7 @@ def console_router(
 
     @router.post("/login")
     async def login(request: Request) -> Response:
+        started, client = time.perf_counter(), client_of(request.scope)
         form = await request.form()
         token, cookie = str(form.get("csrf", "")), request.cookies.get(LOGIN_COOKIE, "")
         if not token or not cookie or not hmac.compare_digest(token.encode(), cookie.encode()):
@@ -416,11 +474,18 @@ def console_router(
                 ),
             )
         key = str(form.get("key", ""))
-        if not hmac.compare_digest(key.encode(), expected):
-            log.info("console: failed sign-in")
+        verdict, wait = keys.check(client, key)
+        if verdict == "throttled":
+            await refusals.refuse(client, started, 0, "key_throttled",
+                                  "admin key not checked; console sign-in")  # fmt: skip
+            return _login_page(request, 429, "Too many wrong keys: try again in "
+                               f"{retry_after(wait)} s.")  # fmt: skip
+        if verdict == "wrong":
+            log.warning("console: failed sign-in from %s", client)
+            await refusals.refuse(client, started, 0, "bad_key", "wrong admin key; console sign-in")
             await asyncio.sleep(FAILED_SIGN_IN_DELAY)
             return _login_page(request, 401, "That is not the admin key.")
-        sid, session = sessions.create()
+        sid, session = await run_in_threadpool(sessions.create)
         log.info("console: signed in")
         response = _to("/")
         response.set_cookie(
@@ -431,14 +496,14 @@ def console_router(
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
-        session = _session(request)
+        session = await run_in_threadpool(_session, request)
         if session is None:
             return _to("/login")
         try:
             await _form(request, session)
         except _Refused as e:
             return _refused(request, e, session)
-        sessions.drop(request.cookies.get(SESSION_COOKIE))
+        await run_in_threadpool(sessions.drop, request.cookies.get(SESSION_COOKIE))
         log.info("console: signed out")
         response = _to("/login")
         response.delete_cookie(SESSION_COOKIE, **_cookie_args(request))
@@ -464,7 +529,6 @@ def console_router(
         session = _session(request)
         if session is None:
             return _to("/login")
-        users = registry.list_users()
         ctx = _usage_ctx(None, DEFAULT_WINDOW)
         return _page(
             request,
@@ -473,8 +537,8 @@ def console_router(
             page="overview",
             ids=gate.describe_ids(),
             dialect=registry.dialect,
-            n_users=len(users),
-            n_active=sum(u.active for u in users),
+            n_users=registry.count_users(),
+            n_active=registry.count_active_users(),
             **ctx,
         )
 
@@ -483,9 +547,14 @@ def console_router(
         session = _session(request)
         if session is None:
             return _to("/login")
+        return _users(request, session)
+
+    def _users(request: Request, session: ConsoleSession, once=()) -> Response:
         activity = registry.user_activity()
+        pages = max(1, math.ceil(registry.count_users() / PAGE_SIZE))
+        page = min(_page_number(request.query_params.get("page")), pages)
         rows = []
-        for u in registry.list_users():
+        for u in registry.list_users((page - 1) * PAGE_SIZE, PAGE_SIZE):
             act = activity.get(u.user_id)
             usage = act.usage if act else {}
             rows.append(
@@ -504,11 +573,16 @@ def console_router(
             page="users",
             rows=rows,
             ordered_outcomes=ordered_outcomes,
+            once=once,
+            page_no=page,
+            pages=pages,
+            prev_link=f"{PREFIX}/users?page={page - 1}" if page > 1 else None,
+            next_link=f"{PREFIX}/users?page={page + 1}" if page < pages else None,
         )
 
     @router.post("/users")
     async def add_user(request: Request) -> Response:
-        session = _session(request)
+        session = await run_in_threadpool(_session, request)
         if session is None:
             return _to("/login")
         try:
@@ -524,21 +598,17 @@ def console_router(
         except _Refused as e:
             if e.status == 403:
                 return _refused(request, e, session)
-            session.flash.append(("error", e.reason))
+            await run_in_threadpool(sessions.add_flash, session, "error", e.reason)
             return _to("/users")
         log.info("user %s registered (console)", info.user_id)
-        session.flash.append(
-            (
-                "ok",
-                f"Registered user {info.user_id}" + (f" ({info.name})" if info.name else "") + ".",
-            )
-        )
-        if credential:
-            session.flash.append(("credential", credential))
+        text = f"Registered user {info.user_id}" + (f" ({info.name})" if info.name else "") + "."
+        await run_in_threadpool(sessions.add_flash, session, "ok", text)
+        if credential:  # key material: shown in this answer, never stored with the session
+            return await run_in_threadpool(_users, request, session, [("credential", credential)])
         return _to("/users")
 
     async def _set_active(request: Request, active: bool) -> Response:
-        session = _session(request)
+        session = await run_in_threadpool(_session, request)
         if session is None:
             return _to("/login")
         try:
@@ -549,10 +619,10 @@ def console_router(
         try:
             info = await run_in_threadpool(registry.set_active, uid, active)
         except UserNotFound:
-            session.flash.append(("error", f"No user {uid!r}."))
+            await run_in_threadpool(sessions.add_flash, session, "error", f"No user {uid[:40]!r}.")
             return _to("/users")
         log.info("user %s %s (console)", uid, info.status)
-        session.flash.append(("ok", f"User {uid} is {info.status}."))
+        await run_in_threadpool(sessions.add_flash, session, "ok", f"User {uid} is {info.status}.")
         return _to("/users")
 
     @router.post("/users/revoke")
@@ -567,7 +637,7 @@ def console_router(
         user = request.query_params.get("user")
         if user is None or user == "*":
             return None
-        return NO_USER if user == "(none)" else user
+        return NO_USER if user == "(none)" else user[:8]
 
     def _window(request: Request) -> str:
         window = request.query_params.get("window", DEFAULT_WINDOW)
@@ -585,7 +655,7 @@ def console_router(
             session=session,
             page="usage",
             user=user,
-            user_ids=[u.user_id for u in registry.list_users()],
+            user_ids=[u.user_id for u in registry.list_users(0, USAGE_MENU_USERS)],
             **_usage_ctx(user, _window(request)),
         )
 
@@ -614,21 +684,20 @@ def console_router(
         if session is None:
             return _to("/login")
         q = request.query_params
-        try:
-            page = max(1, int(q.get("page", "1") or 1))
-        except ValueError:
-            page = 1
-        outcome = q.get("outcome") or None
+        page = _page_number(q.get("page"))
+        outcome = (q.get("outcome") or "")[:64] or None
         try:
             since, until = _parse_time(q.get("since", "")), _parse_time(q.get("until", ""))
         except _Refused as e:
             return _refused(request, e, session)
         user = _user_param(request) if q.get("user") else None
+        total = registry.audit_page(user, outcome, since, until, 0, 1)[1]
+        pages = max(1, math.ceil(total / PAGE_SIZE))
+        page = min(page, pages)
         rows, total = registry.audit_page(
             user, outcome, since, until, (page - 1) * PAGE_SIZE, PAGE_SIZE
         )
-        pages = max(1, math.ceil(total / PAGE_SIZE))
-        keep = {k: q[k] for k in ("user", "outcome", "since", "until") if q.get(k)}
+        keep = {k: q[k][:64] for k in ("user", "outcome", "since", "until") if q.get(k)}
 
         def link(p: int) -> str:
             return f"{PREFIX}/audit?" + urlencode({**keep, "page": p})

@@ -46,6 +46,12 @@ class Metrics:
             registry=r,
         )
 
+        self.key_failures = Counter(
+            "activedaemon_admin_key_failures",
+            "requests to owner endpoints with a missing or wrong admin key",
+            registry=r,
+        )
+
     def batch(self, requests: int, images: int) -> None:
         self.batch_requests.observe(requests)
         self.batch_images.observe(images)

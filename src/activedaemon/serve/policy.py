@@ -75,14 +75,29 @@ class ServiceSettings:
     max_batch_images: int = 64
     # POST /v1/predict requests in flight at once (reading, waiting, running); more get 503.
     max_inflight: int = 32
+    # The share of those one client address may hold (at least 1); its next one gets 429.
+    client_inflight_share: float = 0.25
     # Seconds a request may take to send its whole body; a stalled upload gets 408.
     body_timeout_s: float = 30.0
-    # Per client address: images a second (and burst); charged once the body is parsed.
+    # Per client address: images a second (and burst). Every request is charged one when its
+    # headers arrive (before its body is read); a query's further images, and one per image
+    # size limit of body bytes, once they are counted.
     client_images_per_s: float | None = None
     client_burst: float = 256
     # Per registered user: answered images a second (and burst); checked before the forward pass.
     user_images_per_s: float | None = None
     user_burst: float = 256
+    # Refusals are audited at most one row per client address per this many seconds (the rest
+    # are counted into a summary row; with ``workers`` processes, for all of them together);
+    # 0: one row per refusal.
+    refusal_interval_s: float = 0.0
+    # Wrong admin keys checked per second, per address and in all (for the whole service: each
+    # of ``workers`` processes takes its share).
+    key_attempts_per_s: float = 10.0
+    key_attempts_total_per_s: float = 100.0
+    workers: int = 1
+    # Body size cap of everything but POST /v1/predict (owner calls, console forms).
+    small_body_bytes: int = 65536
 
     def client_quota(self) -> TokenBuckets | None:
         rate = self.client_images_per_s

@@ -7,6 +7,7 @@ run as numbered migration steps recorded in ``schema_version`` (see :data:`MIGRA
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import secrets
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 ACTIVE, REVOKED = "active", "revoked"
 NAME_MAX = 200
 DETAIL_MAX = 255
+CLIENT_MAX = 64
 
 
 class Base(DeclarativeBase):
@@ -79,6 +81,24 @@ class QueryLog(Base):
     # request for a refused one) and the refusal's detail (error code, outcomes per image).
     images: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
     detail: Mapped[str | None] = mapped_column(String(DETAIL_MAX), nullable=True)
+    # Since version 6: how many requests the row stands for (a throttled client's refusals are
+    # counted into one row per address and interval) and the client address of a refusal.
+    requests: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    client: Mapped[str | None] = mapped_column(String(CLIENT_MAX), nullable=True)
+
+
+class ConsoleSessionRow(Base):
+    """A signed-in console browser (since version 6): the SHA-256 of its session id (the id
+    itself is only in the browser's cookie), its CSRF token, its times and one-shot messages."""
+
+    __tablename__ = "console_sessions"
+
+    sid_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    flash: Mapped[str] = mapped_column(String(4000), default="[]")
 
 
 # -- migrations ---------------------------------------------------------------------------------
@@ -168,6 +188,17 @@ def _m5_audit_insert_only(conn: Connection) -> None:
         )
 
 
+def _m6_summaries_and_sessions(conn: Connection) -> None:
+    """Refusal rows record the client address and how many requests they stand for; console
+    sessions live in the database (they survive restarts and span worker processes)."""
+    _add_columns(
+        conn,
+        "query_log",
+        {"requests": "INTEGER NOT NULL DEFAULT 1", "client": f"VARCHAR({CLIENT_MAX})"},
+    )
+    Base.metadata.create_all(conn, tables=[ConsoleSessionRow.__table__])
+
+
 # Step i brings the schema from version i to i + 1; append new steps, never edit old ones.
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _m1_tables,
@@ -175,6 +206,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _m3_audit_summary,
     _m4_key_salts,
     _m5_audit_insert_only,
+    _m6_summaries_and_sessions,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -248,6 +280,8 @@ class AuditRow:
     latency_ms: float
     images: int = 1  # an answered image: 1; a refused request: all its images
     detail: str | None = None  # a refused request's error code and per-image outcomes
+    requests: int = 1  # a summary of a throttled client's refusals: how many
+    client: str | None = None  # a refusal's client address
 
 
 def check_name(name: str) -> str:
@@ -412,7 +446,78 @@ class AuditViews:
         return out
 
 
-def _engine(url: str, synchronous: str = "FULL") -> Engine:
+@dataclass(frozen=True)
+class StoredSession:
+    """A console session as the database holds it (the id itself is never stored)."""
+
+    sid_hash: str
+    csrf: str
+    expires_at: datetime
+    last_seen: datetime
+    flash: list
+
+
+class SessionStore:
+    """Console sessions in the registry database (part of :class:`Registry`): every worker
+    process and every restart sees the same sessions. Keyed by the SHA-256 of the session id."""
+
+    engine: Engine
+
+    def create_session(self, sid_hash: str, csrf: str, expires_at: datetime) -> None:
+        """Store a new session, and drop the expired ones."""
+        now = _now()
+        with Session(self.engine) as s, s.begin():
+            s.execute(ConsoleSessionRow.__table__.delete().where(
+                ConsoleSessionRow.expires_at < now))  # fmt: skip
+            s.add(ConsoleSessionRow(sid_hash=sid_hash, csrf=csrf, created_at=now,
+                                    expires_at=expires_at, last_seen=now, flash="[]"))  # fmt: skip
+
+    def get_session(self, sid_hash: str) -> StoredSession | None:
+        with Session(self.engine) as s:
+            row = s.get(ConsoleSessionRow, sid_hash)
+            if row is None:
+                return None
+            return StoredSession(row.sid_hash, row.csrf, _aware(row.expires_at),
+                                 _aware(row.last_seen), json.loads(row.flash or "[]"))  # fmt: skip
+
+    def update_session(
+        self, sid_hash: str, last_seen: datetime | None = None, flash: list | None = None
+    ) -> None:
+        values: dict = {}
+        if last_seen is not None:
+            values["last_seen"] = last_seen
+        if flash is not None:
+            values["flash"] = json.dumps(flash)[:4000]
+        if values:
+            with Session(self.engine) as s, s.begin():
+                table = ConsoleSessionRow.__table__
+                s.execute(table.update().where(table.c.sid_hash == sid_hash).values(**values))
+
+    def drop_session(self, sid_hash: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.execute(ConsoleSessionRow.__table__.delete().where(
+                ConsoleSessionRow.sid_hash == sid_hash))  # fmt: skip
+
+
+def _schema_guard(action: int, arg1, _arg2, _db, _trigger) -> int:
+    """SQLite authorizer of the service's own connections, once migrated: no statement through
+    them may drop, alter or add a table or trigger, nor write the schema directly (so the audit
+    log's triggers stay; anyone who can write the file itself still can)."""
+    import sqlite3
+
+    denied = {
+        sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_TEMP_TRIGGER,
+        sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+        sqlite3.SQLITE_DROP_TABLE, sqlite3.SQLITE_DROP_TEMP_TABLE, sqlite3.SQLITE_ALTER_TABLE,
+    }  # fmt: skip
+    if action in denied:
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA and str(arg1).lower() == "writable_schema":
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+def _engine(url: str, synchronous: str = "FULL", guard: bool = False) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
@@ -428,23 +533,28 @@ def _engine(url: str, synchronous: str = "FULL") -> Engine:
         cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
+        if guard:
+            dbapi_conn.set_authorizer(_schema_guard)
 
     return engine
 
 
-class Registry(AuditViews):
+class Registry(AuditViews, SessionStore):
     """Users (id, name, active / revoked) and the query audit log, in one SQL database."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _engine(url)  # users: each commit is on disk before the 2xx (fsync)
         self.version = migrate(self.engine)
+        sqlite = self.engine.dialect.name == "sqlite"
+        if sqlite:  # migrated: from now on no connection of ours may change the schema
+            self.engine.dispose()
+            self.engine = _engine(url, guard=True)
         # Audit rows: committed before the answer too, but without waiting for the disk. They
         # survive the service being killed; an OS crash or power cut can drop the last few
         # (SQLite WAL synchronous=NORMAL; PostgreSQL synchronous_commit=off). An fsync per query
         # would cap the service at the disk's fsync rate.
-        sqlite = self.engine.dialect.name == "sqlite"
-        self._audit_engine = _engine(url, "NORMAL") if sqlite else self.engine
+        self._audit_engine = _engine(url, "NORMAL", guard=True) if sqlite else self.engine
         self._lock = threading.Lock()  # serialises user creation (numbers, random ids)
         with self.engine.connect() as conn:
             epoch = conn.execute(text("SELECT value FROM registry_meta WHERE name = 'key_epoch'"))
@@ -470,6 +580,7 @@ class Registry(AuditViews):
                 f"GRANT SELECT ON schema_version, registry_meta TO {role}",
                 f"GRANT SELECT, INSERT, UPDATE ON users TO {role}",
                 f"GRANT SELECT, INSERT ON query_log TO {role}",
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON console_sessions TO {role}",
                 f'GRANT USAGE ON ALL SEQUENCES IN SCHEMA "{schema}" TO {role}',
             ):
                 conn.execute(text(sql))
@@ -530,9 +641,18 @@ class Registry(AuditViews):
         with Session(self.engine) as s:
             return int(s.scalar(select(func.count()).select_from(User)) or 0)
 
-    def list_users(self) -> list[UserInfo]:
+    def list_users(self, offset: int = 0, limit: int | None = None) -> list[UserInfo]:
+        """Users by number; ``offset`` / ``limit`` page them."""
+        stmt = select(User).order_by(User.number).offset(max(0, offset))
+        if limit is not None:
+            stmt = stmt.limit(limit)
         with Session(self.engine) as s:
-            return [_info(u) for u in s.scalars(select(User).order_by(User.number))]
+            return [_info(u) for u in s.scalars(stmt)]
+
+    def count_active_users(self) -> int:
+        with Session(self.engine) as s:
+            stmt = select(func.count()).select_from(User).where(User.status == ACTIVE)
+            return int(s.scalar(stmt) or 0)
 
     def set_active(self, user_id: str, active: bool) -> UserInfo:
         """Revoke or re-activate; takes effect on the next query (nothing is cached)."""
@@ -554,19 +674,30 @@ class Registry(AuditViews):
     def log_queries(self, rows: Iterable[tuple[str | None, str, float]]) -> None:
         """Append (user id or None, outcome, latency ms) rows, one per image, all stamped now."""
         self._append(
-            {"user_id": u, "outcome": o, "latency_ms": float(ms), "images": 1, "detail": None}
+            {"user_id": u, "outcome": o, "latency_ms": float(ms), "images": 1, "detail": None,
+             "requests": 1, "client": None}
             for u, o, ms in rows
-        )
+        )  # fmt: skip
 
     def log_refusal(
-        self, user_id: str | None, outcome: str, latency_ms: float, images: int, detail: str
+        self,
+        user_id: str | None,
+        outcome: str,
+        latency_ms: float,
+        images: int,
+        detail: str,
+        client: str | None = None,
+        requests: int = 1,
     ) -> None:
         """Append the one summary row of a refused request (``images`` it carried, ``detail``:
-        error code and per-image outcomes; cut to DETAIL_MAX printable characters)."""
+        error code and per-image outcomes; cut to DETAIL_MAX printable characters; ``client``:
+        its address), or of ``requests`` refusals of one client counted together."""
         if user_id is not None and not could_be_id(user_id):
             user_id = None
         row = {"user_id": user_id, "outcome": outcome[:16], "latency_ms": float(latency_ms),
-               "images": int(images), "detail": _clean_detail(detail)}  # fmt: skip
+               "images": int(images), "detail": _clean_detail(detail),
+               "client": _clean_detail(client)[:CLIENT_MAX] if client else None,
+               "requests": int(requests)}  # fmt: skip
         self._append([row])
 
     def _append(self, rows: Iterable[dict]) -> None:
@@ -595,12 +726,16 @@ class Registry(AuditViews):
         """The newest ``limit`` audit rows, newest first."""
         with Session(self.engine) as s:
             rows = s.scalars(select(QueryLog).order_by(QueryLog.id.desc()).limit(limit)).all()
-            return [
-                AuditRow(_aware(r.time), r.user_id, r.outcome, r.latency_ms, r.images, r.detail)
-                for r in rows
-            ]
+            return [_audit_row(r) for r in rows]
 
     def count_audit(self) -> int:
         """How many audit rows there are."""
         with Session(self.engine) as s:
             return int(s.scalar(select(func.count()).select_from(QueryLog)) or 0)
+
+    def count_refused_requests(self) -> int:
+        """How many refused requests the audit log accounts for (a summary row counts all the
+        refusals it stands for)."""
+        stmt = select(func.coalesce(func.sum(QueryLog.requests), 0)).where(QueryLog.outcome != "ok")
+        with Session(self.engine) as s:
+            return int(s.scalar(stmt) or 0)

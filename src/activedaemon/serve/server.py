@@ -1,7 +1,10 @@
-"""Build the service from run folders and start it with uvicorn (`activedaemon serve`)."""
+"""Build the service from run folders and start it with uvicorn (`activedaemon serve`): the
+secrets, the registry URL, the gate and the settings from the command's arguments, and each
+``--workers`` process's app factory (:func:`worker_app`)."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -102,3 +105,67 @@ def serve(
     log.info("serving on http://%s:%d (%s, registry %s)", host, port, ids, dialect)
     app = create_app(gate, admin_key, settings)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def auth_scheme(args: argparse.Namespace) -> tuple[AuthIdScheme | None, bytes | None]:
+    """The authenticated-id layout and master secret, or (None, None) for plain ids."""
+    if not args.auth_ids:
+        return None, None
+    hash_bits = args.hash_bits if args.bind_image else 0
+    retry = args.retry_bits if args.bind_image else 0
+    scheme = AuthIdScheme(user_bits=args.user_bits, hash_bits=hash_bits, retry_bits=retry)
+    master = read_secret(MASTER_KEY_ENV, args.master_key_file, "master secret")
+    return scheme, master.encode()
+
+
+SERVE_ARGS_ENV = "ACTIVEDAEMON_SERVE_ARGS"
+
+
+def build_service(args: argparse.Namespace) -> tuple[Gatekeeper, str, ServiceSettings]:
+    """(gate, admin key, settings) from the `serve` command's arguments: what each server
+    process runs."""
+    admin_key = read_secret(ADMIN_KEY_ENV, args.admin_key_file, "admin key")
+    scheme, master = auth_scheme(args)
+    formats = tuple(f.upper() for f in args.formats.split(","))
+    limits = Limits(args.max_images, args.max_bytes, args.max_pixels, formats)
+    settings = ServiceSettings(
+        batching=not args.no_batching,
+        batch_wait_ms=args.batch_wait_ms,
+        max_batch_images=args.max_batch_images,
+        max_inflight=args.max_inflight,
+        client_inflight_share=args.client_inflight_share,
+        refusal_interval_s=args.refusal_interval,
+        key_attempts_per_s=args.key_rate,
+        key_attempts_total_per_s=args.key_rate_total,
+        workers=args.workers,
+        body_timeout_s=args.body_timeout,
+        client_images_per_s=args.client_rate or None,
+        client_burst=args.client_burst,
+        user_images_per_s=args.user_rate or None,
+        user_burst=args.user_burst,
+    )
+    gate = build_gatekeeper(
+        args.model,
+        args.encoder,
+        resolve_db_url(args.db, args.db_file),
+        limits=limits,
+        scheme=scheme,
+        master=master,
+        force_encoder=args.force_encoder,
+        user_quota=settings.user_quota(),
+    )
+    return gate, admin_key, settings
+
+
+def worker_app():
+    """uvicorn's app factory in each `serve --workers N` process: the parent's arguments come
+    through the environment (no secrets: those are read again from their variable or file)."""
+    import json
+
+    from activedaemon.serve.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    gate, admin_key, settings = build_service(
+        argparse.Namespace(**json.loads(os.environ[SERVE_ARGS_ENV]))
+    )
+    return create_app(gate, admin_key, settings)
