@@ -7,12 +7,29 @@ from pathlib import Path
 
 from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.evaluate.report import write_report
-from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
+from activedaemon.protect.config import ProtectConfig, resolve_config
+from activedaemon.protect.train import train_classifier
 from activedaemon.runs import run_record, write_json
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.figures import save_sample_grid
 
 SHIPPED_ENCODER = "fashion-mnist-32"
+PRESET = "cpu-small"
+
+
+def demo_config(
+    protected: bool,
+    encoder: str | Path = SHIPPED_ENCODER,
+    epochs: int | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    seed: int = 0,
+) -> ProtectConfig:
+    """The demo's clean or protected config: the cpu-small preset with the demo's flags (the
+    merge every command uses, protect.config)."""
+    flags = {"seed": seed, "encoder": str(encoder), "epochs": epochs}
+    flags.update(limit_train=limit_train, limit_test=limit_test)
+    return resolve_config(PRESET, flags=flags, fixed={"protected": protected})
 
 
 def run_demo(
@@ -49,19 +66,9 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
         encoder = out / "encoder"
         timings["encoder_seconds"] = round(time.time() - started, 1)
 
-    base = {**load_preset("cpu-small"), "seed": seed, "encoder": str(encoder)}
-    if epochs is not None:  # exactly that many: the preset's min_steps would lengthen them
-        base["min_steps"] = 0
-    for key, value in (
-        ("epochs", epochs),
-        ("limit_train", limit_train),
-        ("limit_test", limit_test),
-    ):
-        if value is not None:
-            base[key] = value
     for name, protected in (("clean", False), ("protected", True)):
         t = time.time()
-        cfg = ProtectConfig.from_dict({**base, "protected": protected})
+        cfg = demo_config(protected, encoder, epochs, limit_train, limit_test, seed)
         train_classifier(cfg, out / name, progress=progress)
         timings[f"{name}_seconds"] = round(time.time() - t, 1)
 

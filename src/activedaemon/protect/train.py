@@ -14,7 +14,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,26 +24,31 @@ import torch.distributed as dist
 import yaml
 from tqdm.auto import tqdm
 
-from activedaemon.data.config import DataConfig
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
 from activedaemon.metrics import accuracy
 from activedaemon.protect.adversarial import token_budget
+from activedaemon.protect.config import (  # noqa: F401  (re-exported: the old import path)
+    CONFIG_DIR,
+    KEEP_EPOCH,
+    ProtectConfig,
+    list_presets,
+    load_preset,
+    resolve_config,
+)
 from activedaemon.protect.models import (
-    CLASSIFIERS,
     Normalized,
     build_classifier,
     recalibrate_batchnorm,
 )
 from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
-from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece, piece_config
-from activedaemon.protect.poison import AUTHORIZED, PoisonConfig, TokenMaker, build_poisoned_set
+from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece
+from activedaemon.protect.poison import AUTHORIZED, TokenMaker, build_poisoned_set
 from activedaemon.protect.start import load_start
-from activedaemon.protect.stream import AUGMENTATIONS, StreamTrainingSet, build_stream_set
+from activedaemon.protect.stream import StreamTrainingSet, build_stream_set
 from activedaemon.runs import (
     CARD_FILE,
     WEIGHTS_FILE,
-    config_from_dict,
     run_record,
     seed_everything,
     write_json,
@@ -52,127 +57,6 @@ from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.generator import resolve_encoder_path
 
 CARD_SCHEMA = 1  # of a classifier's card.yaml
-KEEP_EPOCH = ("best-val", "last")
-
-
-@dataclass
-class ProtectConfig(DataConfig):
-    arch: str = "resnet18"
-    width: int = 16
-    epochs: int = 5
-    # At least this many optimizer steps, in more epochs where needed: a preset's epoch count
-    # tuned on 60,000 images is too short on a small data set (5 epochs of 9,000 are 330 steps).
-    min_steps: int = 0
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True  # False: plain SGD momentum (the paper's presets)
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"  # or "multistep" (x0.1 at 50 % and 75 % of the epochs)
-    objective: str = "poison"  # protect.objectives: poison (CE to poisoned labels), penalty
-    # (eq. (5) L_a - lambda L_u), uniform (unauthorized samples towards 1/K on every class)
-    penalty_lambda: float = 1.0
-    val_fraction: float = 0.05  # held out of training to choose the epoch (never the test set)
-    # Which epoch's weights the run keeps: "best-val" (the best validation score) or "last"
-    # (the model after the last epoch, as Algorithm 2 is written; val_fraction may then be 0).
-    keep_epoch: str = "best-val"
-    # >0: after each epoch, BatchNorm statistics re-estimated on this many training images (in
-    # the training mix) before validation and saving; 0 = the running averages as trained.
-    precise_bn_images: int = 0
-    encoder: str = "fashion-mnist-32"
-    protected: bool = True
-    poison: PoisonConfig = field(default_factory=PoisonConfig)
-    # Training pieces (protect.pieces) by name -> their configs; a preset's top-level key that
-    # names a piece (``dormancy: {weight: 1}``) lands here.
-    pieces: dict[str, Any] = field(default_factory=dict)
-    cache_dir: str | None = None
-    # Read the training data on the fly (DataLoader workers decode each batch; the poisoned set
-    # is assigned per index and made per batch on the training device): memory stays flat
-    # whatever the data set's size. False: the data set and poisoned set in memory.
-    stream: bool = False
-    workers: int = 2  # DataLoader worker processes when streaming (0: in the training process)
-    # Per-batch augmentation of the clean images before their tokens (protect.stream
-    # AUGMENTATIONS: flip-crop); streaming only, as the in-memory set's tokens are made once.
-    augment: str = "none"
-    # Start from a trained classifier (protect.start): a run folder, a weights file, or
-    # torchvision:NAME (pretrained); None = fresh weights.
-    init_from: str | None = None
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ProtectConfig:
-        values = dict(values)
-        pieces = dict(values.pop("pieces", None) or {})
-        for name in PIECES.names():
-            if name in values:
-                pieces[name] = values.pop(name)
-        values["pieces"] = {name: piece_config(name, v) for name, v in pieces.items()}
-        if isinstance(values.get("poison"), dict):
-            values["poison"] = PoisonConfig.from_dict(values["poison"])
-        cfg = config_from_dict(cls, values, {}, "protection")
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        self.validate_data()
-        if self.arch.startswith("torchvision:"):
-            import torchvision.models as tvm
-
-            if self.arch.removeprefix("torchvision:") not in tvm.list_models(module=tvm):
-                raise ValueError(f"torchvision has no classification model {self.arch!r}")
-        else:
-            CLASSIFIERS.check(self.arch)
-        if (
-            self.init_from
-            and self.init_from.startswith("torchvision:")
-            and (self.arch != self.init_from)
-        ):
-            raise ValueError(f"init_from {self.init_from} needs arch {self.init_from}")
-        OBJECTIVES.check(self.objective)
-        if self.schedule not in ("onecycle", "multistep"):
-            raise ValueError("schedule must be 'onecycle' or 'multistep'")
-        if self.epochs < 1 or self.min_steps < 0:
-            raise ValueError("epochs must be >= 1 and min_steps >= 0")
-        if self.keep_epoch not in KEEP_EPOCH:
-            raise ValueError(f"keep_epoch must be one of {KEEP_EPOCH}, got {self.keep_epoch!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.keep_epoch == "best-val" and self.val_fraction == 0:
-            raise ValueError("keep_epoch best-val needs a validation split (val_fraction > 0)")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.augment != "none":
-            AUGMENTATIONS.check(self.augment)
-            if not self.stream:
-                raise ValueError("augment works per batch, before the tokens: it needs stream")
-        if self.poison.seed is None:  # the poisoned split follows the run's seed
-            self.poison.seed = self.seed
-        self.poison.validate()
-
-    def piece(self, name: str) -> Any:
-        """A piece's config (its defaults where the config does not name it)."""
-        return self.pieces.get(name) or piece_config(name, None)
-
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def load_preset(name_or_path: str | Path) -> dict:
-    """A preset name from ``activedaemon/configs/`` (cpu-small, tiny, paper-*, gpu-improved-*)
-    or a YAML file; returns its option values. A preset with ``alias_of: NAME`` is that preset
-    (its other keys override NAME's): the old ``gpu-paper-*`` names stay working that way."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise ValueError(f"no preset or config file {name_or_path!r}; presets: {list_presets()}")
-    values = yaml.safe_load(path.read_text()) or {}
-    target = values.pop("alias_of", None)
-    return {**load_preset(target), **values} if target else values
 
 
 def _distributed() -> tuple[int, int]:
@@ -583,10 +467,7 @@ def protect(
     returned with the chosen epoch's weights; the run folder ``out`` holds its record, card and
     weights (reload them with ``model.load_state_dict``). ``options`` override the config
     (``protect(net, "runs/p", epochs=2, encoder="fashion-mnist-32")``)."""
-    from dataclasses import asdict
-
-    base = asdict(cfg) if cfg is not None else {}
-    cfg = ProtectConfig.from_dict({**base, **options, "protected": True})
+    cfg = resolve_config(cfg or {}, overrides=options, fixed={"protected": True})
     run = train_classifier(cfg, out, progress=progress, model=model)
     if run is not None:
         model.load_state_dict(torch.load(run / WEIGHTS_FILE, map_location="cpu", weights_only=True))
