@@ -7,8 +7,8 @@ from pathlib import Path
 
 from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.evaluate.report import write_report
+from activedaemon.protect import train_classifier
 from activedaemon.protect.config import ProtectConfig, resolve_config
-from activedaemon.protect.train import train_classifier
 from activedaemon.runs import run_record, write_json
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.figures import save_sample_grid

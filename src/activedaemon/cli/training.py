@@ -149,7 +149,7 @@ def training_config(args: argparse.Namespace, protected: bool):
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     """`protect` and `train-clean`: one training loop, with or without the poisoned set."""
     cfg = training_config(args, args.protected)
-    from activedaemon.protect.train import train_classifier
+    from activedaemon.protect import train_classifier
 
     out = train_classifier(cfg, args.out, progress=not args.quiet)
     if out is not None:  # None on DDP ranks other than 0

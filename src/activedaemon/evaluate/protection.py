@@ -18,7 +18,7 @@ from activedaemon.data import load_dataset
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import round_8bit
 from activedaemon.metrics import accuracy, gaussian_fake_tokens, image_quality
-from activedaemon.protect.train import load_classifier, load_protected
+from activedaemon.protect.checkpoint import load_classifier, load_protected
 from activedaemon.runs import git_commit
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.evaluate import decoding_metrics

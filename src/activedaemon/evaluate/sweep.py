@@ -7,9 +7,10 @@ import csv
 from pathlib import Path
 
 from activedaemon.evaluate.protection import evaluate_protection
+from activedaemon.protect import train_classifier
+from activedaemon.protect.checkpoint import load_encoder
 from activedaemon.protect.config import ProtectConfig, merge, resolve_values
 from activedaemon.protect.poison import STRATEGIES
-from activedaemon.protect.train import load_encoder, train_classifier
 from activedaemon.runs import finished_run, run_record, write_json
 from activedaemon.tokens.generator import shipped_encoders
 
@@ -60,9 +61,8 @@ def run_sweep(
     base = sweep_base(preset, overrides, flags)
     # Every point's config is built (and so validated) before anything trains.
     configs = {value: ProtectConfig.from_dict(point_values(kind, base, value)) for value in values}
-    if kind == "encoder":
-        for cfg in configs.values():
-            load_encoder(cfg)  # each encoder exists and works at the data's size and channels
+    # Each encoder exists and works at the data's size and channels; loaded once, used by its run.
+    encoders = {v: load_encoder(cfg) for v, cfg in configs.items() if kind == "encoder"}
     columns = ENCODER_COLUMNS if kind == "encoder" else SWEEP_COLUMNS
     clean_cfg = ProtectConfig.from_dict(merge(base, {"protected": False}))
     config = {"kind": kind, "values": values, "preset": preset, "overrides": overrides or {}}
@@ -79,7 +79,7 @@ def run_sweep(
             name = f"{i + 1}-{Path(value).name}" if kind == "encoder" else value
             run = out / f"{kind}-{name}"
             if not finished_run(run, cfg):
-                train_classifier(cfg, run, progress)
+                train_classifier(cfg, run, progress, encoder=encoders.get(value))
             results = evaluate_protection(
                 run, cfg.encoder, clean, limit_test=cfg.limit_test, per_user_images=0
             )

@@ -40,7 +40,7 @@ LabelStrategy = Callable[[torch.Tensor, int, torch.Generator, "PoisonConfig"], t
 # Makes authorized images from clean ones and user ids: ActiveDaemon's encoder, or a compared
 # scheme's visible patch (activedaemon.schemes). A ``cache_key`` attribute (str) allows caching.
 TokenMaker = Callable[[torch.Tensor, list[str]], torch.Tensor]
-STRATEGIES: Registry[LabelStrategy] = Registry("strategy", ("activedaemon.protect",))
+STRATEGIES: Registry[LabelStrategy] = Registry("strategy", ("activedaemon.protect.registered",))
 
 
 @dataclass
@@ -56,7 +56,7 @@ class KindContext:
 
 
 SampleKind = Callable[[torch.Tensor, KindContext], torch.Tensor]  # (indices, ctx) -> images
-SAMPLE_KINDS: Registry[SampleKind] = Registry("sample kind", ("activedaemon.protect",))
+SAMPLE_KINDS: Registry[SampleKind] = Registry("sample kind", ("activedaemon.protect.registered",))
 
 
 @STRATEGIES.register("single")
@@ -211,33 +211,47 @@ def _cache_key(maker_bytes: bytes, cfg: PoisonConfig, images: torch.Tensor) -> s
     return h.hexdigest()[:20]
 
 
+def _encoder_init_draws(generator: TokenGenerator) -> None:
+    """Draw from the global RNG what building the encoder's networks draws. Earlier versions
+    loaded the encoder here, after the run was seeded, and the classifier's initial weights
+    followed these draws: kept so that a recipe gives the same weights as before."""
+    from activedaemon.tokens.networks import Decoder, Encoder
+
+    Encoder(generator.arch), Decoder(generator.arch)
+
+
 def build_poisoned_set(
     images: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    encoder: str | Path | TokenMaker,
+    encoder: str | Path | TokenGenerator | TokenMaker,
     cfg: PoisonConfig,
     cache_dir: str | Path | None = None,
 ) -> tuple[PoisonedSet, bool]:
     """Make the poisoned set (tokens made once); with ``cache_dir``, reuse a saved one keyed by the
     encoder's weights (or the token maker's ``cache_key``), the config and the images. ``encoder``
-    is an encoder (run folder or shipped name) or any TokenMaker. Returns (set, whether it came
-    from the cache)."""
+    is a loaded TokenGenerator (as a protection run passes it: loaded once), an encoder's run
+    folder or shipped name, or any TokenMaker. Returns (set, whether it came from the cache)."""
     cfg.validate(num_classes)
-    if callable(encoder):
+    generator = encoder if isinstance(encoder, TokenGenerator) else None
+    if generator is not None:
+        maker, maker_bytes = generator.embed, (generator.weights_sha256 or "").encode() or None
+    elif callable(encoder):
         maker, key = encoder, getattr(encoder, "cache_key", None)
         maker_bytes = key.encode() if isinstance(key, str) else None
     else:
-        encoder_dir = resolve_encoder_path(encoder)
-        maker_bytes = (encoder_dir / WEIGHTS_FILE).read_bytes()
-        maker = None
+        weights = (resolve_encoder_path(encoder) / WEIGHTS_FILE).read_bytes()
+        maker, maker_bytes = None, hashlib.sha256(weights).hexdigest().encode()
     cache_file = None
     if cache_dir is not None and maker_bytes is not None:
         cache_file = Path(cache_dir) / f"poison-{_cache_key(maker_bytes, cfg, images)}.pt"
         if cache_file.is_file():
             return PoisonedSet(**torch.load(cache_file, weights_only=True)), True
+    if maker is None:
+        maker = TokenGenerator.load(encoder).embed
+    elif generator is not None:
+        _encoder_init_draws(generator)
 
-    maker = maker or TokenGenerator.load(encoder_dir).embed
     seed = 0 if cfg.seed is None else cfg.seed  # protection training sets it to the run's seed
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)

@@ -8,7 +8,6 @@ rank 0 alone writes the run folder.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import random
@@ -21,13 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from tqdm.auto import tqdm
 
+from activedaemon.cards import write_card
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import to_uint8
 from activedaemon.metrics import accuracy
 from activedaemon.protect.adversarial import token_budget
+from activedaemon.protect.checkpoint import (  # noqa: F401  (re-exported: the old import path)
+    CARD_SCHEMA,
+    classifier_card,
+    encoder_fingerprint,
+    load_classifier,
+    load_encoder,
+    load_protected,
+)
 from activedaemon.protect.config import (  # noqa: F401  (re-exported: the old import path)
     CONFIG_DIR,
     KEEP_EPOCH,
@@ -47,16 +54,12 @@ from activedaemon.protect.poison import AUTHORIZED, TokenMaker, build_poisoned_s
 from activedaemon.protect.start import load_start
 from activedaemon.protect.stream import StreamTrainingSet, build_stream_set
 from activedaemon.runs import (
-    CARD_FILE,
     WEIGHTS_FILE,
     run_record,
     seed_everything,
     write_json,
 )
 from activedaemon.tokens import TokenGenerator
-from activedaemon.tokens.generator import resolve_encoder_path
-
-CARD_SCHEMA = 1  # of a classifier's card.yaml
 
 
 def _distributed() -> tuple[int, int]:
@@ -139,13 +142,20 @@ class TrainingSet:
 
 
 def build_training_set(
-    cfg: ProtectConfig, token_maker: TokenMaker | None = None, val_maker: TokenMaker | None = None
-) -> TrainingSet:
+    cfg: ProtectConfig,
+    token_maker: TokenMaker | None = None,
+    val_maker: TokenMaker | None = None,
+    encoder: TokenGenerator | None = None,
+) -> TrainingSet | StreamTrainingSet:
     """Load the data, hold out the validation split (to choose the epoch; never the test set)
     and, for protected runs, build the poisoned set of Algorithm 2 (tokens by ``token_maker``,
-    default the config's encoder; the validation split's by ``val_maker``, default the same)."""
+    default the config's encoder: ``encoder`` where the caller loaded it, else loaded here; the
+    validation split's by ``val_maker``, default the same)."""
+    if cfg.protected and token_maker is None and encoder is None:
+        encoder = load_encoder(cfg)
     if cfg.stream:
-        return _stream_training_set(cfg, token_maker, val_maker)
+        maker = token_maker or (encoder.embed if encoder is not None else None)
+        return _stream_training_set(cfg, maker, val_maker)
     data = cfg.load_data()
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(data.train), generator=gen)
@@ -170,9 +180,9 @@ def build_training_set(
             info=info,
             seed=cfg.seed,
         )
-    maker = val_maker or token_maker or TokenGenerator.load(cfg.encoder).embed
+    maker = val_maker or token_maker or encoder.embed
     poisoned, cache_hit = build_poisoned_set(
-        images, labels, data.num_classes, token_maker or cfg.encoder, cfg.poison, cfg.cache_dir
+        images, labels, data.num_classes, token_maker or encoder, cfg.poison, cfg.cache_dir
     )
     auth = poisoned.kinds == AUTHORIZED
     linf, l2 = token_budget(poisoned.images[auth].float() / 255 - to_uint8(images[auth]) / 255)
@@ -208,9 +218,7 @@ def _stream_training_set(
             f"val_fraction {cfg.val_fraction} of {len(data.train)} images holds out none to "
             "choose the epoch: raise val_fraction or set keep_epoch=last"
         )
-    maker = None
-    if cfg.protected:
-        maker = token_maker or val_maker or TokenGenerator.load(cfg.encoder).embed
+    maker = (token_maker or val_maker) if cfg.protected else None
     return build_stream_set(
         data.train,
         data.num_classes,
@@ -226,17 +234,6 @@ def _stream_training_set(
     )
 
 
-def load_encoder(cfg: ProtectConfig) -> TokenGenerator:
-    """The config's encoder, checked to work at the config's image size and channels."""
-    tokens = TokenGenerator.load(cfg.encoder)
-    if (tokens.arch.image_size, tokens.arch.channels) != (cfg.image_size, cfg.channels):
-        raise ValueError(
-            f"encoder {cfg.encoder} works on {tokens.arch.channels}x{tokens.arch.image_size}px "
-            f"images; set image_size={tokens.arch.image_size} channels={tokens.arch.channels}"
-        )
-    return tokens
-
-
 def train_classifier(
     cfg: ProtectConfig,
     out: str | Path,
@@ -244,46 +241,44 @@ def train_classifier(
     token_maker: TokenMaker | None = None,
     extra_pieces: list[Callable[[PieceEnv], TrainingPiece]] | None = None,
     model: torch.nn.Module | None = None,
+    encoder: TokenGenerator | None = None,
 ) -> Path | None:
     """Train (protected or clean) and write the run folder; returns its path (None on DDP ranks
-    other than 0, which write nothing). ``token_maker`` replaces the encoder as the maker of
-    authorized images (a compared scheme's visible patch, activedaemon.schemes);
+    other than 0, which write nothing). ``encoder``: the config's encoder where the caller has
+    loaded it (load_encoder), else it is loaded here, once for the run. ``token_maker``
+    replaces the encoder as the maker of authorized images (a compared scheme's visible patch,
+    activedaemon.schemes);
     ``extra_pieces`` make pieces (from the PieceEnv) added to the configured ones, protected or
     not (a compared scheme's loss hook). ``model`` (any module taking [0, 1] images) is trained
     in place of a fresh ``cfg.arch`` (the Python ``protect``)."""
     # Loaded before seeding: building its networks draws from the global RNG.
-    tokens = load_encoder(cfg) if cfg.protected and token_maker is None else None
+    tokens = None
+    if cfg.protected and token_maker is None:
+        tokens = encoder or load_encoder(cfg)
     rank, world = _distributed()
     if tokens is not None and cfg.stream:  # tokens are made per batch, beside the classifier
         tokens.to(_device(rank))
     seed_everything(cfg.seed)
-    data = build_training_set(cfg, token_maker, val_maker=tokens.embed if tokens else None)
+    val_maker = tokens.embed if tokens else None
+    data = build_training_set(cfg, token_maker, val_maker=val_maker, encoder=tokens)
     kind = "protect" if cfg.protected else "train-clean"
-    encoder = cfg.encoder if cfg.protected and not token_maker else None
     record = run_record(out, kind, cfg, cfg.seed) if rank == 0 else contextlib.nullcontext()
     with record as rec:
         history, summary = _train_loop(
             cfg, data, out, progress, rank, world, extra_pieces or [], model
         )
         if rank == 0:
-            card = {
-                "kind": "classifier",
-                "schema": CARD_SCHEMA,
-                "arch": cfg.arch if model is None else f"module:{type(model).__qualname__}",
-                "width": cfg.width,
-                "num_classes": data.num_classes,
-                "class_names": data.class_names,
-                "image_size": cfg.image_size,
-                "channels": cfg.channels,
-                "normalization": summary.pop("normalization"),
-                "dataset": cfg.dataset,
-                "protected": cfg.protected,
-                "encoder": encoder,
-                "encoder_sha256": encoder_fingerprint(encoder) if encoder else None,
-                "chosen_epoch": summary["chosen_epoch"],
-                **summary.pop("start"),
-            }
-            (Path(out) / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
+            card = classifier_card(
+                cfg,
+                num_classes=data.num_classes,
+                class_names=data.class_names,
+                normalization=summary.pop("normalization"),
+                chosen_epoch=summary["chosen_epoch"],
+                model=model,
+                encoder=tokens,
+                start=summary.pop("start"),
+            )
+            write_card(out, card)
             rec.metrics = {**data.info, "world_size": world, **summary, "history": history}
     if world > 1:
         dist.destroy_process_group()
@@ -477,71 +472,3 @@ def protect(
 def _val_ids(n: int, seed: int) -> list[str]:
     rng = random.Random(seed + 1)
     return [random_user_id(rng) for _ in range(n)]
-
-
-def load_classifier(run: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The trained classifier of a run folder (protect or train-clean): an ``nn.Module`` in eval
-    mode that takes [0, 1] images at the run's size and returns logits."""
-    run = Path(run)
-    if not (run / CARD_FILE).is_file() or not (run / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(
-            f"{run} is not a classifier run: expected {CARD_FILE} and {WEIGHTS_FILE} "
-            "(made by `activedaemon protect` or `activedaemon train-clean`)"
-        )
-    card = yaml.safe_load((run / CARD_FILE).read_text())
-    if card["arch"].startswith("module:"):
-        raise ValueError(
-            f"{run} holds the weights of a Python module ({card['arch']}): build it and "
-            "load weights.pt with load_state_dict"
-        )
-    norm = card.get("normalization") or {}
-    model = build_classifier(
-        card["arch"],
-        card["num_classes"],
-        card["channels"],
-        card["width"],
-        mean=norm.get("mean"),
-        std=norm.get("std"),
-    )
-    model.load_state_dict(torch.load(run / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    model.card = card
-    model.run_folder = run.resolve()  # where its card, results and reports lie (serve.console)
-    return model.to(device).eval()
-
-
-def encoder_fingerprint(encoder: str | Path) -> str:
-    """SHA-256 of an encoder's weights file (run folder or shipped name): what a protected
-    model's card pins, wherever the encoder lies."""
-    return hashlib.sha256((resolve_encoder_path(encoder) / WEIGHTS_FILE).read_bytes()).hexdigest()
-
-
-def load_protected(
-    run: str | Path,
-    encoder: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    force: bool = False,
-) -> tuple[torch.nn.Module, TokenGenerator]:
-    """A protected run's classifier and the token generator that wakes it. ``encoder`` (run
-    folder or shipped name) defaults to the one on the model's card; another one is refused
-    unless ``force`` (scoring a model with an encoder it was not protected with gives wrong
-    numbers), and must work on the same image size and channels in any case."""
-    model = load_classifier(run, device)
-    card = model.card
-    if encoder is None:
-        if not card.get("encoder"):
-            raise ValueError(f"{run}'s card names no encoder (not an encoder-protected run)")
-        encoder = card["encoder"]
-    gen = TokenGenerator.load(encoder, device)
-    pinned = card.get("encoder_sha256")
-    other = card.get("encoder") and str(encoder) != str(card["encoder"])
-    if not force and other and (pinned is None or encoder_fingerprint(encoder) != pinned):
-        raise ValueError(
-            f"{run} was protected with encoder {card['encoder']!r}, not {str(encoder)!r}; "
-            "its numbers would be wrong (force it with --force-encoder / force=True)"
-        )
-    if (gen.arch.image_size, gen.arch.channels) != (card["image_size"], card["channels"]):
-        raise ValueError(
-            f"the encoder works on {gen.arch.channels}x{gen.arch.image_size}px images but the "
-            f"model on {card['channels']}x{card['image_size']}px"
-        )
-    return model, gen

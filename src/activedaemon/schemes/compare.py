@@ -18,8 +18,9 @@ from pathlib import Path
 
 from activedaemon.attacks.base import AttackContext, not_applicable, run_attack
 from activedaemon.metrics import accuracy, image_quality
+from activedaemon.protect import train_classifier
+from activedaemon.protect.checkpoint import load_classifier
 from activedaemon.protect.config import ProtectConfig, resolve_config
-from activedaemon.protect.train import load_classifier, train_classifier
 from activedaemon.runs import finished_run, git_commit, read_json, run_record, write_json
 from activedaemon.schemes.base import count_params_flops, create_scheme
 from activedaemon.schemes.report import COLUMNS, write_compare_outputs
