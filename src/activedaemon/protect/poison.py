@@ -31,7 +31,7 @@ import torch
 
 from activedaemon.data.stream import KeyedPermutation, mix64
 from activedaemon.identity import random_user_id
-from activedaemon.imageio import round_8bit, to_uint8
+from activedaemon.imageio import round_8bit, to_uint8, to_uint8_rows
 from activedaemon.registries import Registry
 from activedaemon.runs import WEIGHTS_FILE
 from activedaemon.tokens.generator import TokenGenerator, resolve_encoder_path
@@ -175,9 +175,11 @@ def moved_token_images(idx: torch.Tensor, ctx: KindContext) -> torch.Tensor:
     """A token made (for a random id) on a different random image, added to this one."""
     n = len(ctx.images)
     shift = torch.randint(1, n, (len(idx),), generator=ctx.gen, device=ctx.gen.device)
-    donors = (idx + shift.to(idx.device)) % n
-    donor_tokens = ctx.maker(ctx.images[donors], ctx.draw_ids(len(idx))) - ctx.images[donors]
-    return ctx.images[idx] + donor_tokens
+    donors = ctx.images[(idx + shift.to(idx.device)) % n]
+    made = ctx.maker(donors, ctx.draw_ids(len(idx)))
+    tokens = torch.sub(made, donors, out=donors)  # the donors' memory holds their tokens
+    del made
+    return torch.add(ctx.images[idx], tokens, out=tokens)
 
 
 def _part_sizes(n: int, cfg: PoisonConfig) -> tuple[int, dict[str, int]]:
@@ -196,10 +198,10 @@ def _id_pool(cfg: PoisonConfig, rng: random.Random) -> list[str]:
 
 
 def _make_kinds(out: torch.Tensor, parts: dict[str, torch.Tensor], ctx: KindContext) -> None:
-    """Write each sample kind's images into ``out`` at its rows."""
+    """Write each sample kind's images into ``out`` (8-bit) at its rows."""
     for name, idx in parts.items():
         if len(idx):
-            out[idx] = SAMPLE_KINDS[name](idx, ctx).clamp(0, 1)
+            out[idx] = to_uint8_rows(SAMPLE_KINDS[name](idx, ctx))
 
 
 def _cache_key(maker_bytes: bytes, cfg: PoisonConfig, images: torch.Tensor) -> str:
@@ -268,11 +270,14 @@ def build_poisoned_set(
     def draw_ids(k: int) -> list[str]:
         return [rng.choice(pool) if pool else random_user_id(rng) for _ in range(k)]
 
-    out = images.clone()
-    authorized = maker(images[auth_idx], draw_ids(n_auth))
-    tokens = authorized - images[auth_idx]
-    out[auth_idx] = authorized
+    # 8-bit from the start, the float images made per part: no float copy of the whole set.
+    out = to_uint8_rows(images)
+    clean = images[auth_idx]
+    authorized = maker(clean, draw_ids(n_auth))
+    out[auth_idx] = to_uint8_rows(authorized)
+    tokens = torch.sub(authorized, clean, out=clean)  # the clean copy's memory, reused
     token_rms = tokens.pow(2).mean().sqrt().item() if n_auth else 0.0
+    del clean, authorized, tokens
 
     ctx = KindContext(images, maker, gen, draw_ids, token_rms)
     kinds = torch.full((n,), CLEAN, dtype=torch.long)
@@ -284,7 +289,7 @@ def build_poisoned_set(
     unauth_labels = STRATEGIES[cfg.strategy](labels[unauth_idx], num_classes, gen, cfg)
     new_labels[unauth_idx] = unauth_labels
     result = PoisonedSet(
-        images=to_uint8(out),
+        images=out,
         labels=new_labels,
         true_labels=labels.clone(),
         kinds=kinds,

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from activedaemon.cards import write_card
 from activedaemon.identity import random_user_id
-from activedaemon.imageio import to_uint8
+from activedaemon.imageio import take_rows, to_uint8_rows
 from activedaemon.metrics import accuracy
 from activedaemon.protect.adversarial import token_budget
 from activedaemon.protect.checkpoint import (  # noqa: F401  (re-exported: the old import path)
@@ -156,7 +156,8 @@ def build_training_set(
     if cfg.stream:
         maker = token_maker or (encoder.embed if encoder is not None else None)
         return _stream_training_set(cfg, maker, val_maker)
-    data = cfg.load_data()
+    # No test split; grey images made RGB as a view: the float set costs a third.
+    data = cfg.load_data(limit_test=0, grey_view=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(data.train), generator=gen)
     n_val = int(round(cfg.val_fraction * len(order)))
@@ -166,26 +167,30 @@ def build_training_set(
             "the epoch: raise val_fraction or set keep_epoch=last"
         )
     val_idx, train_idx = order[:n_val], order[n_val:]
-    images, labels = data.train.images[train_idx], data.train.labels[train_idx]
+    images, labels = take_rows(data.train.images, train_idx), data.train.labels[train_idx]
     val_images, val_labels = data.train.images[val_idx], data.train.labels[val_idx]
+    num_classes, class_names = data.num_classes, data.class_names
+    del data  # the whole split: only the training rows are kept
     info: dict[str, Any] = {"train_images": len(images), "val_images": n_val}
     if not cfg.protected:
         return TrainingSet(
-            images=to_uint8(images),
+            images=to_uint8_rows(images),
             labels=labels,
             val_images=val_images,
             val_labels=val_labels,
-            num_classes=data.num_classes,
-            class_names=data.class_names,
+            num_classes=num_classes,
+            class_names=class_names,
             info=info,
             seed=cfg.seed,
         )
     maker = val_maker or token_maker or encoder.embed
     poisoned, cache_hit = build_poisoned_set(
-        images, labels, data.num_classes, token_maker or encoder, cfg.poison, cfg.cache_dir
+        images, labels, num_classes, token_maker or encoder, cfg.poison, cfg.cache_dir
     )
     auth = poisoned.kinds == AUTHORIZED
-    linf, l2 = token_budget(poisoned.images[auth].float() / 255 - to_uint8(images[auth]) / 255)
+    clean = to_uint8_rows(take_rows(images, auth.nonzero().flatten())).float().div_(255)
+    linf, l2 = token_budget(poisoned.images[auth].float().div_(255).sub_(clean))
+    del clean
     info.update(
         poison_counts=poisoned.counts(),
         token_rms=poisoned.token_rms,
@@ -201,8 +206,8 @@ def build_training_set(
         val_images=val_images,
         val_labels=val_labels,
         val_authorized=maker(val_images, _val_ids(n_val, cfg.seed)) if n_val else val_images,
-        num_classes=data.num_classes,
-        class_names=data.class_names,
+        num_classes=num_classes,
+        class_names=class_names,
         info=info,
         seed=cfg.seed,
     )

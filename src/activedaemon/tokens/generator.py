@@ -110,15 +110,18 @@ class TokenGenerator:
     ) -> torch.Tensor:
         """x_a = clamp(x + G_e(x, s)), rounded to 8 bits when ``quantize`` (as stored images)."""
         images = self.check_images(images)
-        out = []
+        out = None  # filled batch by batch: no list of parts beside the result
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size].to(self.device)
             s = codewords[i : i + batch_size].to(self.device, torch.float32)
             x_a = (x + self.encoder(x, s)).clamp_(0.0, 1.0)
             if quantize:
                 x_a = round_8bit(x_a)
-            out.append(x_a.to(images.device))
-        return torch.cat(out) if out else images.clone()
+            if out is None:
+                shape = (len(images), *x_a.shape[1:])
+                out = torch.empty(shape, dtype=x_a.dtype, device=images.device)
+            out[i : i + len(x_a)] = x_a
+        return out if out is not None else images.clone()
 
     def embed(
         self, images: torch.Tensor, user_ids: str | Sequence[str], quantize: bool = True
