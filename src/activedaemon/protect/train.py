@@ -391,20 +391,7 @@ def _train_loop(
             }
             for piece in pieces:
                 row.update(piece.epoch_summary())
-            if cfg.precise_bn_images:
-                bn = (cfg.precise_bn_images, epoch, rank, world, cfg.batch_size, device)
-                recalibrate_batchnorm(model, data.bn_images(*bn))
-            if data.info["val_images"] == 0:  # keep_epoch "last" without a validation split
-                row["val_score"] = None
-            else:
-                clean, auth = data.val_scores(model, device)
-                row["val_clean_acc"] = round(clean, 2)
-                if auth is not None:
-                    row["val_authorized_acc"] = round(auth, 2)
-                    # The epoch that best separates authorized from clean (A_pd on validation).
-                    row["val_score"] = row["val_authorized_acc"] - row["val_clean_acc"]
-                else:
-                    row["val_score"] = row["val_clean_acc"]
+            row.update(_score_epoch(cfg, data, model, device, epoch, rank, world))
             history.append(row)
             if rank == 0:
                 write_json(Path(out) / "history.json", history)  # progress survives a crash
@@ -428,6 +415,31 @@ def _train_loop(
         "epoch_seconds": [r["seconds"] for r in history],
     }
     return history, summary
+
+
+def _score_epoch(
+    cfg: ProtectConfig,
+    data: TrainingSet | StreamTrainingSet,
+    model: torch.nn.Module,
+    device: torch.device,
+    epoch: int,
+    rank: int,
+    world: int,
+) -> dict[str, float | None]:
+    """The end of an epoch: BatchNorm statistics re-estimated where the config asks, then the
+    validation scores; ``val_score`` chooses the epoch (None without a validation split)."""
+    if cfg.precise_bn_images:
+        bn = (cfg.precise_bn_images, epoch, rank, world, cfg.batch_size, device)
+        recalibrate_batchnorm(model, data.bn_images(*bn))
+    if data.info["val_images"] == 0:  # keep_epoch "last" without a validation split
+        return {"val_score": None}
+    clean, auth = data.val_scores(model, device)
+    row: dict[str, float | None] = {"val_clean_acc": round(clean, 2)}
+    if auth is None:
+        return {**row, "val_score": row["val_clean_acc"]}
+    row["val_authorized_acc"] = round(auth, 2)
+    # The epoch that best separates authorized from clean (A_pd on validation).
+    return {**row, "val_score": row["val_authorized_acc"] - row["val_clean_acc"]}
 
 
 def effective_epochs(cfg: ProtectConfig, steps_per_epoch: int) -> int:
