@@ -198,10 +198,11 @@ def _id_pool(cfg: PoisonConfig, rng: random.Random) -> list[str]:
 
 
 def _make_kinds(out: torch.Tensor, parts: dict[str, torch.Tensor], ctx: KindContext) -> None:
-    """Write each sample kind's images into ``out`` (8-bit) at its rows."""
+    """Write each sample kind's images into ``out`` (8-bit, or floats in [0, 1]) at its rows."""
     for name, idx in parts.items():
         if len(idx):
-            out[idx] = to_uint8_rows(SAMPLE_KINDS[name](idx, ctx))
+            made = SAMPLE_KINDS[name](idx, ctx)
+            out[idx] = to_uint8_rows(made) if out.dtype == torch.uint8 else made.clamp(0, 1)
 
 
 def _cache_key(maker_bytes: bytes, cfg: PoisonConfig, images: torch.Tensor) -> str:
