@@ -30,7 +30,8 @@ from activedaemon.attacks import run_attack
 from activedaemon.attacks.audit import QUICK_DORMANCY, QUICK_WAKE
 from activedaemon.attacks.suite import load_context
 from activedaemon.evaluate.protection import evaluate_protection
-from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
+from activedaemon.protect.config import ProtectConfig, resolve_config
+from activedaemon.protect.train import train_classifier
 from activedaemon.runs import finished_run, git_commit, run_record, write_json
 
 TRANSIT_ENCODER = "fashion-mnist-32-transit"
@@ -117,20 +118,26 @@ SETTINGS = {
 }
 
 
+def setting_config(
+    overrides: dict, args: argparse.Namespace, protected: bool = True, preset: str = "cpu-small"
+) -> ProtectConfig:
+    """A setting's config: the CPU preset, then the benchmark's flags, then the setting's own
+    options (the one deep merge of protect.config: ``poison: {gamma: 0.5}`` keeps the preset's
+    other poison options)."""
+    flags = {"seed": args.seed, "epochs": args.epochs, "limit_train": args.limit_train}
+    fixed = {"protected": protected}
+    if protected:  # the poisoned set's cache (a clean run has none)
+        fixed["cache_dir"] = str(args.out / "cache")
+    if "epochs" in overrides:
+        overrides = {"min_steps": 0, **overrides}  # an explicit epoch count is exact
+    if overrides.get("init_from") == CLEAN:
+        overrides = {**overrides, "init_from": str(args.out / "clean")}
+    return resolve_config(preset, flags=flags, overrides=overrides, fixed=fixed)
+
+
 def train(name: str, overrides: dict, args: argparse.Namespace, protected: bool = True) -> Path:
     out = args.out / name
-    values = {**load_preset("cpu-small"), "seed": args.seed, "protected": protected}
-    if protected:  # the poisoned set's cache (a clean run has none)
-        values["cache_dir"] = str(args.out / "cache")
-    for key in ("epochs", "limit_train"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    if args.epochs is not None or "epochs" in overrides:
-        values["min_steps"] = 0  # an explicit epoch count is exact (cpu-small's min_steps)
-    values.update(overrides)  # a setting's own epochs win
-    if values.get("init_from") == CLEAN:
-        values["init_from"] = str(args.out / "clean")
-    cfg = ProtectConfig.from_dict(values)
+    cfg = setting_config(overrides, args, protected)
     if not finished_run(out, cfg):  # reuse: the same setting was trained to the end before
         train_classifier(cfg, out, progress=not args.quiet)
     return out

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from activedaemon.data.photos import build_photo_folder
 from activedaemon.evaluate.protection import evaluate_protection
-from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
+from activedaemon.protect.config import resolve_config
+from activedaemon.protect.train import train_classifier
 from activedaemon.runs import finished_run
 from activedaemon.tokens.train import PRESETS, EncoderTrainConfig, train_encoder
 
@@ -54,9 +55,9 @@ def main() -> None:
             seconds[name] = round(time.time() - started, 1)
 
     stage("encoder", EncoderTrainConfig.from_dict({**PRESETS["cpu"], **data}), train_encoder)
-    base = {**load_preset("cpu-small"), **data, "encoder": str(out / "encoder")}
+    flags = {**data, "encoder": str(out / "encoder")}
     for name, protected in (("clean", False), ("protected", True)):
-        cfg = ProtectConfig.from_dict({**base, "protected": protected})
+        cfg = resolve_config("cpu-small", flags=flags, fixed={"protected": protected})
         stage(name, cfg, train_classifier)
 
     tokens = json.loads((out / "encoder" / "metrics.json").read_text())

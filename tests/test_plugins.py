@@ -125,3 +125,41 @@ def test_contributing_shows_the_tested_examples():
     doc = (EXAMPLES.parent.parent / "CONTRIBUTING.md").read_text()
     for name in PLUGINS.split(","):
         assert "```python\n" + (EXAMPLES / f"{name}.py").read_text() + "```" in doc, name
+
+
+def fake_distribution(site: Path, name: str, entry_points: str) -> None:
+    """An installed distribution as importlib.metadata finds one on sys.path: its dist-info
+    folder with metadata and entry points (what `pip install` of a plugin package leaves)."""
+    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[activedaemon.plugins]\n{entry_points}\n")
+
+
+def run_python(code: str, site: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "ACTIVEDAEMON_PLUGINS"}
+    paths = [str(site), str(EXAMPLES), os.environ.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_an_installed_packages_entry_point_registers_its_plugin(tmp_path):
+    """A package that declares ``[project.entry-points."activedaemon.plugins"]`` is found without
+    the environment variable: its classifier and attack are in the registries."""
+    fake_distribution(tmp_path, "activedaemon-extras", "cnn = tiny_cnn\ncontrast = contrast_attack")
+    code = (
+        "from activedaemon.protect.models import CLASSIFIERS\n"
+        "from activedaemon.attacks import ATTACKS\n"
+        "print('tiny-cnn' in CLASSIFIERS.names(), 'contrast' in ATTACKS.names())\n"
+    )
+    done = run_python(code, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["True", "True"]
+
+
+def test_a_broken_entry_point_names_its_plugin(tmp_path):
+    fake_distribution(tmp_path, "activedaemon-broken", "oops = no_such_module_here")
+    code = "from activedaemon.attacks import ATTACKS\nATTACKS.names()\n"
+    done = run_python(code, tmp_path)
+    assert done.returncode != 0
+    assert "plugin 'oops'" in done.stderr and "activedaemon-broken" in done.stderr

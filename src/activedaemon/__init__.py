@@ -8,7 +8,7 @@ _LAZY = {
     "IdentityCodec": "activedaemon.identity",
     "random_user_id": "activedaemon.identity",
     "TokenGenerator": "activedaemon.tokens",
-    "load_classifier": "activedaemon.protect.train",
+    "load_classifier": "activedaemon.protect.checkpoint",
 }
 __all__ = [*_LAZY, "__version__"]
 

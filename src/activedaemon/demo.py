@@ -10,7 +10,8 @@ from activedaemon.attacks.audit import thief_audit
 from activedaemon.attacks.suite import load_context
 from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.evaluate.report import thieves_section, write_report
-from activedaemon.protect.train import ProtectConfig, load_preset, train_classifier
+from activedaemon.protect import train_classifier
+from activedaemon.protect.config import ProtectConfig, resolve_config
 from activedaemon.runs import finished_run, run_record, write_json
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.figures import save_sample_grid
@@ -18,6 +19,26 @@ from activedaemon.tokens.generator import is_shipped_encoder
 
 CLEAN_PRESET = "cpu-small"
 RECIPE = "cpu-recommended"
+
+
+def demo_config(
+    protected: bool,
+    encoder: str | Path | None = None,
+    epochs: int | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    seed: int = 0,
+    clean_run: str | Path | None = None,
+) -> ProtectConfig:
+    """The demo's clean config (cpu-small) or protected one (cpu-recommended, started from
+    ``clean_run``; ``encoder`` None: the recipe's), with the demo's flags (the merge every
+    command uses, protect.config)."""
+    flags = {"seed": seed, "epochs": epochs, "limit_train": limit_train, "limit_test": limit_test}
+    if not protected:
+        return resolve_config(CLEAN_PRESET, flags=flags, fixed={"protected": False})
+    flags.update(encoder=str(encoder) if encoder else None)
+    flags.update(init_from=str(clean_run) if clean_run else None)
+    return resolve_config(RECIPE, flags=flags, fixed={"protected": True})
 
 
 def run_demo(
@@ -47,8 +68,7 @@ def run_demo(
 def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, progress) -> dict:
     timings: dict[str, float] = {}
     started = time.time()
-    recipe = load_preset(RECIPE)
-    encoder: str | Path = recipe["encoder"]
+    encoder: str | Path | None = None  # the recipe's
     if train_new_encoder:
         from activedaemon.tokens.train import EncoderTrainConfig, train_encoder
 
@@ -56,19 +76,14 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
         encoder = out / "encoder"
         timings["encoder_seconds"] = round(time.time() - started, 1)
 
-    common = {"seed": seed}
-    for key, value in (("limit_train", limit_train), ("limit_test", limit_test)):
-        if value is not None:
-            common[key] = value
-    if epochs is not None:  # exactly that many: a preset's min_steps would lengthen them
-        common.update(epochs=epochs, min_steps=0)
     configs = {
-        "clean": {**load_preset(CLEAN_PRESET), **common, "protected": False},
-        "protected": {**recipe, **common, "encoder": str(encoder), "init_from": str(out / "clean")},
+        "clean": demo_config(False, None, epochs, limit_train, limit_test, seed),
+        "protected": demo_config(
+            True, encoder, epochs, limit_train, limit_test, seed, clean_run=out / "clean"
+        ),
     }
-    for name, values in configs.items():
+    for name, cfg in configs.items():
         t = time.time()
-        cfg = ProtectConfig.from_dict(values)
         if not finished_run(out / name, cfg):  # a rerun keeps what already finished
             train_classifier(cfg, out / name, progress=progress)
         timings[f"{name}_seconds"] = round(time.time() - t, 1)
@@ -98,6 +113,7 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
     write_json(out / "protected" / "results.json", results)
     write_json(out / "results.json", results)
 
+    encoder = cfg.encoder
     gen = TokenGenerator.load(encoder)
     test = cfg.load_data(train=False, limit_test=6).test.images
     grid = save_sample_grid(gen, test, out / "samples.png", seed=seed)

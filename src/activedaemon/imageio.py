@@ -15,9 +15,31 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def to_uint8_rows(images: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """``to_uint8`` a block of ``rows`` images at a time: the same values without the float
+    temporaries of the whole set (a read-only view, as of grey images made RGB, is fine)."""
+    out = torch.empty(images.shape, dtype=torch.uint8)
+    for i in range(0, len(images), rows):
+        out[i : i + rows] = to_uint8(images[i : i + rows])
+    return out
+
+
+def take_rows(images: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``images[idx]``, keeping a channel that is a view of one grey channel (stride 0) a view:
+    a third of the memory of the copy."""
+    if images.ndim == 4 and images.shape[1] > 1 and images.stride(1) == 0:
+        return images[:, :1][idx].expand(-1, images.shape[1], -1, -1)
+    return images[idx]
+
+
 def round_8bit(images: torch.Tensor) -> torch.Tensor:
     """[0, 1] floats rounded to the 256 levels of an 8-bit image (still float)."""
     return (images.clamp(0, 1) * 255).round() / 255
+
+
+def round_8bit_(images: torch.Tensor) -> torch.Tensor:
+    """``round_8bit`` in place (the same values, no temporaries)."""
+    return images.clamp_(0, 1).mul_(255).round_().div_(255)
 
 
 def jpeg_round_trip(images: torch.Tensor, quality: int) -> torch.Tensor:

@@ -6,8 +6,11 @@ registration order, and answers an unknown name with the close matches. ``loader
 packages whose import registers the entries, so that a registry asked from anywhere is full:
 each such package imports its built-in modules in order, then every other module in its folder
 (``import_submodules``), so a new attack, scheme, classifier or data set is one file dropped into
-the package. Modules outside the package register too when named in ``$ACTIVEDAEMON_PLUGINS``
-(comma-separated module names, imported by every registry's first lookup).
+the package. Modules outside the package register too, imported by every registry's first
+lookup: an installed distribution's entry points of the group ``activedaemon.plugins`` (the way
+pytest and Pillow find their plugins; ``[project.entry-points."activedaemon.plugins"]`` in its
+pyproject.toml, ``name = "module"``), and the modules named in ``$ACTIVEDAEMON_PLUGINS``
+(comma-separated module names), in that order.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 PLUGINS_ENV = "ACTIVEDAEMON_PLUGINS"
+PLUGINS_GROUP = "activedaemon.plugins"
 
 
 def import_submodules(package: str) -> None:
@@ -31,7 +35,24 @@ def import_submodules(package: str) -> None:
             importlib.import_module(f"{package}.{info.name}")
 
 
+def plugin_entry_points() -> list:
+    """The installed entry points of the group ``activedaemon.plugins``, by name."""
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=PLUGINS_GROUP), key=lambda ep: ep.name)
+
+
 def import_plugins() -> None:
+    """Import the plugins: entry points first, then ``$ACTIVEDAEMON_PLUGINS`` (a module named by
+    both is imported once). A plugin that fails to import is an error naming it."""
+    for ep in plugin_entry_points():
+        try:
+            ep.load()
+        except Exception as e:
+            raise ImportError(
+                f"activedaemon plugin {ep.name!r} ({ep.value}, entry point of "
+                f"{getattr(ep.dist, 'name', 'an installed package')}) failed to import: {e}"
+            ) from e
     for name in filter(None, (n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(","))):
         importlib.import_module(name)
 

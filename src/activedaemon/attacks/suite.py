@@ -16,7 +16,7 @@ from activedaemon.attacks.base import (
 )
 from activedaemon.attacks.figures import save_curve
 from activedaemon.data import load_dataset
-from activedaemon.protect.train import load_protected
+from activedaemon.protect.checkpoint import load_protected
 from activedaemon.runs import git_commit, run_record, write_json
 
 log = logging.getLogger(__name__)

@@ -188,12 +188,6 @@ def given_flags(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def epoch_flags(args: argparse.Namespace) -> dict:
-    """``--epochs N`` given: N epochs exactly (the preset's ``min_steps`` would lengthen them on a
-    small data set); ``--set min_steps=M`` still applies after it."""
-    return {"epochs": args.epochs, "min_steps": 0} if getattr(args, "epochs", None) else {}
-
-
 def parse_overrides(pairs: list[str], flag: str = "--set") -> dict:
     """KEY=VALUE pairs (VALUE read as YAML; a dotted KEY sets a nested option) -> dict."""
     import yaml
@@ -318,13 +312,21 @@ def check_user_id(user_id: str | None, flag: str = "--user") -> None:
         raise ValueError(f"{flag} {user_id!r}: {e}") from None
 
 
-def protect_config(values: dict):
-    """ProtectConfig.from_dict(values) (which checks its names and values) and, for a protected
+def protect_config(
+    preset,
+    flags: dict | None = None,
+    overrides: list[str] | dict | None = None,
+    fixed: dict | None = None,
+):
+    """The ProtectConfig of a command (protect.config.resolve_config: preset, then flags, then
+    ``--set`` pairs or values, then ``fixed``; every name and value checked) and, for a protected
     model, that its encoder exists."""
-    from activedaemon.protect.train import ProtectConfig
+    from activedaemon.protect.config import resolve_config
 
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
     try:
-        cfg = ProtectConfig.from_dict(values)
+        cfg = resolve_config(preset, flags=flags, overrides=overrides, fixed=fixed)
     except TypeError as e:  # an unknown key of a nested option (poison, adversarial, ...)
         raise ValueError(f"bad option: {e}") from None
     if cfg.protected:

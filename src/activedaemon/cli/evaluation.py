@@ -18,7 +18,6 @@ from activedaemon.cli.common import (
     add_set,
     check_dataset,
     emit_json,
-    epoch_flags,
     given_flags,
     json_only,
     parse_attack_params,
@@ -197,7 +196,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from activedaemon.attacks import ATTACKS
-    from activedaemon.protect.train import load_preset
+    from activedaemon.protect.config import load_preset
     from activedaemon.schemes import SCHEMES
 
     schemes = split_names(args.schemes) if args.schemes is not None else None
@@ -209,11 +208,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     attack_params = parse_attack_params(args.attack_param)
     check_dataset(args.dataset)
     load_preset(args.preset)  # an unknown preset fails here, before the slower imports
-    overrides = {
-        **epoch_flags(args),
-        **parse_overrides(args.set),
-        **given_flags(args, ("epochs", "limit_train")),
-    }
+    flags = given_flags(args, ("epochs", "limit_train"))
+    overrides = parse_overrides(args.set)
     import logging
 
     from activedaemon.schemes.compare import (
@@ -225,7 +221,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     try:
         compare_config(  # builds and checks the config before anything trains
-            args.dataset, args.preset, args.fast, args.seed, overrides
+            args.dataset, args.preset, args.fast, args.seed, overrides, flags
         )
     except TypeError as e:  # an unknown key of a nested option (poison, adversarial, ...)
         raise ValueError(f"bad option: {e}") from None
@@ -239,6 +235,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         fast=args.fast,
         seed=args.seed,
         overrides=overrides,
+        flags=flags,
         limit_test=args.limit_test,
         attacks=tuple(attacks if attacks is not None else DEFAULT_ATTACKS),
         attack_params=attack_params,

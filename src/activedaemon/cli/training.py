@@ -15,7 +15,6 @@ from activedaemon.cli.common import (
     add_seed,
     add_set,
     add_stream_flags,
-    epoch_flags,
     fraction,
     given_flags,
     parse_overrides,
@@ -141,34 +140,26 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
-def training_config(args: argparse.Namespace, protected: bool):
-    """The ProtectConfig of `protect` / `train-clean`: preset, then flags, then --set; every name
-    in it checked."""
-    from activedaemon.protect.train import load_preset
+TRAINING_FLAGS = (
+    *("dataset", "data_root", "arch", "width", "batch_size", "lr", "seed", "epochs"),
+    *("limit_train", "encoder", "init_from", "stream", "workers", "gamma", "strategy"),
+)
 
-    values = load_preset(args.preset)
-    names = ("dataset", "data_root", "arch", "width", "batch_size", "lr", "seed")
-    flags = (*names, "limit_train", "encoder", "init_from", "stream", "workers")
-    values.update(given_flags(args, flags))
-    values.update(epoch_flags(args))
-    source = values.get("init_from") or ""
-    if source.startswith("torchvision:") and getattr(args, "arch", None) is None:
-        values["arch"] = source  # pretrained torchvision weights bring their architecture
-    values["poison"] = {**values.get("poison", {}), **given_flags(args, ("gamma", "strategy"))}
-    overrides = parse_overrides(args.set)
-    poison = overrides.pop("poison", {})
-    if not isinstance(poison, dict):
-        raise ValueError("--set poison.KEY=VALUE sets one poison option; poison is not a value")
-    values["poison"].update(poison)
-    values.update(overrides)
-    values["protected"] = protected
-    return protect_config(values)
+
+def training_config(args: argparse.Namespace, protected: bool):
+    """The ProtectConfig of `protect` / `train-clean`: preset, then flags, then --set (one deep
+    merge, protect.config); every name in it checked."""
+    flags = given_flags(args, TRAINING_FLAGS)
+    source = flags.get("init_from") or ""
+    if source.startswith("torchvision:") and "arch" not in flags:
+        flags["arch"] = source  # pretrained torchvision weights bring their architecture
+    return protect_config(args.preset, flags, args.set, {"protected": protected})
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     """`protect` and `train-clean`: one training loop, with or without the poisoned set."""
     cfg = training_config(args, args.protected)
-    from activedaemon.protect.train import train_classifier
+    from activedaemon.protect import train_classifier
 
     out = train_classifier(cfg, args.out, progress=not args.quiet)
     if out is not None:  # None on DDP ranks other than 0
@@ -211,18 +202,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from activedaemon.evaluate.sweep import default_values, point_values, run_sweep, sweep_base
 
     values = sweep_values(args.kind, args.values)
-    overrides = {
-        **epoch_flags(args),
-        **parse_overrides(args.set),
-        **given_flags(args, ("epochs", "limit_train", "limit_test")),
-    }
+    flags = given_flags(args, ("epochs", "limit_train", "limit_test"))
+    overrides = parse_overrides(args.set)
     # Every run's config is checked before the first trains (as run_sweep will build them).
-    base = sweep_base(args.preset, overrides)
-    protect_config({**base, "protected": False})
+    base = sweep_base(args.preset, overrides, flags)
+    protect_config(base, fixed={"protected": False})
     for value in values or default_values(args.kind):
         protect_config(point_values(args.kind, base, value))
 
-    path = run_sweep(args.kind, args.out, values, args.preset, overrides, progress=not args.quiet)
+    path = run_sweep(
+        args.kind, args.out, values, args.preset, overrides, flags, progress=not args.quiet
+    )
     print(path.read_text())
     print(f"written to {path} and {path.with_suffix('.png')}")
     return 0

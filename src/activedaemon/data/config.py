@@ -27,9 +27,12 @@ class DataConfig:
         if self.image_size < 1 or self.channels not in (1, 3):
             raise ValueError("image_size must be >= 1 and channels 1 or 3")
 
-    def load_data(self, *, train: bool = True, limit_test: int | None = None) -> ImageDataset:
+    def load_data(
+        self, *, train: bool = True, limit_test: int | None = None, grey_view: bool = False
+    ) -> ImageDataset:
         """The data set at this config's size; ``train=False`` skips the training split;
-        ``limit_test`` overrides the config's."""
+        ``limit_test`` overrides the config's (0: no test split); ``grey_view``: grey images
+        made RGB as a read-only view (load_dataset)."""
         return load_dataset(
             self.dataset,
             self.data_root,
@@ -37,6 +40,7 @@ class DataConfig:
             channels=self.channels,
             limit_train=self.limit_train if train else 0,
             limit_test=self.limit_test if limit_test is None else limit_test,
+            grey_view=grey_view,
         )
 
     def open_stream(self, cache_dir: str | None = None) -> StreamData:

@@ -486,11 +486,16 @@ def _resize(batch: torch.Tensor, size: int | None) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
-def _set_channels(batch: torch.Tensor, channels: int | None) -> torch.Tensor:
+def _set_channels(
+    batch: torch.Tensor, channels: int | None, grey_view: bool = False
+) -> torch.Tensor:
+    """``channels`` 1 or 3; grey made RGB by repeating it (``grey_view``: a read-only view that
+    repeats it without copying, a third of the memory)."""
     if channels is None or batch.shape[1] == channels:
         return batch
     if batch.shape[1] == 1 and channels == 3:
-        return batch.expand(-1, 3, -1, -1).contiguous()
+        rgb = batch.expand(-1, 3, -1, -1)
+        return rgb if grey_view else rgb.contiguous()
     if batch.shape[1] == 3 and channels == 1:
         from torchvision.transforms.functional import rgb_to_grayscale
 
@@ -498,8 +503,25 @@ def _set_channels(batch: torch.Tensor, channels: int | None) -> torch.Tensor:
     raise ValueError(f"cannot turn {batch.shape[1]}-channel images into {channels} channels")
 
 
+def _convert_rows(images: np.ndarray, n: int, size: int | None, rows: int = 4096) -> torch.Tensor:
+    """The first n images as float (N, C, H, W) at ``size``, converted ``rows`` at a time into
+    the result (each image is resized on its own: the values of a whole-split conversion,
+    without its float temporaries)."""
+    out = None
+    for i in range(0, n, rows):
+        part = _resize(_to_chw_float(images[i : min(i + rows, n)]), size)
+        if out is None:
+            out = torch.empty((n, *part.shape[1:]), dtype=part.dtype)
+        out[i : i + len(part)] = part
+    return out if out is not None else _resize(_to_chw_float(images[:0]), size)
+
+
 def _to_split(
-    raw: RawSplit, size: int | None, channels: int | None, limit: int | None
+    raw: RawSplit,
+    size: int | None,
+    channels: int | None,
+    limit: int | None,
+    grey_view: bool = False,
 ) -> ImageSplit:
     n = len(raw.labels) if limit is None else min(limit, len(raw.labels))
     if isinstance(raw.images, list):
@@ -510,9 +532,9 @@ def _to_split(
         parts = [_resize(_to_chw_float(im[None]), size) for im in raw.images[:n]]
         images = torch.cat(parts) if parts else torch.zeros(0, 3, size or 1, size or 1)
     else:
-        images = _resize(_to_chw_float(raw.images[:n]), size)
+        images = _convert_rows(raw.images, n, size)
     labels = torch.from_numpy(np.asarray(raw.labels[:n], np.int64))
-    return ImageSplit(_set_channels(images, channels), labels)
+    return ImageSplit(_set_channels(images, channels, grey_view), labels)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -556,11 +578,14 @@ def load_dataset(
     download: bool = False,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    grey_view: bool = False,
 ) -> ImageDataset:
     """Load a named data set (see :func:`list_datasets`) or ``imagefolder:PATH``.
 
     ``size`` resizes to size x size (bilinear, antialiased); ``channels`` 1 or 3 converts grey <->
-    RGB; ``limit_*`` keeps the first N images of a split (for quick runs and tests).
+    RGB (``grey_view``: grey images made RGB as a read-only view, a third of the memory; index
+    rows with ``imageio.take_rows`` to keep it); ``limit_*`` keeps the first N images of a split
+    (for quick runs and tests).
     """
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -580,8 +605,8 @@ def load_dataset(
         train_raw, test_raw = source.read(folder, "train"), source.read(folder, "test")
         classes = source.class_names(folder)
         size = size or DEFAULT_SIZES.get(name)
-    train = _to_split(train_raw, size, channels, limit_train)
-    test = _to_split(test_raw, size, channels, limit_test)
+    train = _to_split(train_raw, size, channels, limit_train, grey_view)
+    test = _to_split(test_raw, size, channels, limit_test, grey_view)
     if test.images.shape[1:] != train.images.shape[1:]:
         raise ValueError(
             f"train images are {tuple(train.images.shape[1:])} but test images are "

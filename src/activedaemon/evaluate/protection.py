@@ -16,9 +16,9 @@ import torch
 
 from activedaemon.data import load_dataset
 from activedaemon.identity import random_user_id
-from activedaemon.imageio import round_8bit
+from activedaemon.imageio import round_8bit_
 from activedaemon.metrics import accuracy, gaussian_fake_tokens, image_quality
-from activedaemon.protect.train import load_classifier, load_protected
+from activedaemon.protect.checkpoint import load_classifier, load_protected
 from activedaemon.runs import git_commit
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.evaluate import decoding_metrics
@@ -79,10 +79,12 @@ def evaluate_protection(
     results["A_dec"] = decoding["A_dec"]
     results["exact_id_rate"] = decoding["exact_id_rate"]
     results.update(image_quality(authorized, x))
-    results["A_td_gaussian"] = accuracy(
-        model, round_8bit(x + gaussian_fake_tokens(tokens, seed)), y
-    )
-    results["A_td_mismatched"] = accuracy(model, round_8bit(x + tokens.roll(1, dims=0)), y)
+    # x + fake token, rounded to 8 bits, made in place (one test-set-sized tensor at a time).
+    fake = torch.add(x, gaussian_fake_tokens(tokens, seed))
+    results["A_td_gaussian"] = accuracy(model, round_8bit_(fake), y)
+    fake = torch.add(x, tokens.roll(1, dims=0), out=fake)
+    results["A_td_mismatched"] = accuracy(model, round_8bit_(fake), y)
+    del fake
     results["per_user"] = (
         per_user_table(model, gen, x[:per_user_images], y[:per_user_images], seed)
         if per_user_images

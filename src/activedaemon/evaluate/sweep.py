@@ -7,8 +7,10 @@ import csv
 from pathlib import Path
 
 from activedaemon.evaluate.protection import evaluate_protection
+from activedaemon.protect import train_classifier
+from activedaemon.protect.checkpoint import load_encoder
+from activedaemon.protect.config import ProtectConfig, merge, resolve_values
 from activedaemon.protect.poison import STRATEGIES
-from activedaemon.protect.train import ProtectConfig, load_encoder, load_preset, train_classifier
 from activedaemon.runs import finished_run, run_record, write_json
 from activedaemon.tokens.generator import shipped_encoders
 
@@ -19,19 +21,18 @@ ENCODER_COLUMNS = [*SWEEP_COLUMNS, "A_dec", "exact_id_rate", "psnr", "ssim"]
 GAMMA_VALUES = [0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.99]
 
 
-def sweep_base(preset: str, overrides: dict | None) -> dict:
-    """The preset with ``overrides``; a poison override changes only the poison keys it names."""
-    values, overrides = load_preset(preset), overrides or {}
-    poison = {**values.get("poison", {}), **overrides.get("poison", {})}
-    return {**values, **overrides, "poison": poison}
+def sweep_base(preset: str, overrides: dict | None = None, flags: dict | None = None) -> dict:
+    """The options every point shares: the preset, then flags, then ``--set`` overrides (one deep
+    merge, protect.config: an override changes only the keys it names)."""
+    return resolve_values(preset, flags=flags, overrides=overrides)
 
 
 def point_values(kind: str, base: dict, value) -> dict:
     """The protect options of one sweep point: ``base`` with the poison option ``kind`` (strategy,
     gamma) or the encoder set to ``value``."""
     if kind == "encoder":
-        return {**base, "encoder": str(value)}
-    return {**base, "poison": {**base.get("poison", {}), kind: value}}
+        return merge(base, {"encoder": str(value)})
+    return merge(base, {"poison": {kind: value}})
 
 
 def default_values(kind: str) -> list:
@@ -46,25 +47,27 @@ def run_sweep(
     values: list | None = None,
     preset: str = "cpu-small",
     overrides: dict | None = None,
+    flags: dict | None = None,
     progress: bool = True,
 ) -> Path:
     """Train a clean baseline once, then one protected model per value (label strategies, gamma
     values, or encoders: run folders or shipped names, each protecting and evaluating its own
     model on the preset's data set); write sweep.csv + .png. Defaults: every registered
-    strategy, GAMMA_VALUES, every shipped encoder. Finished runs of an earlier sweep with the
-    same config are reused."""
+    strategy, GAMMA_VALUES, every shipped encoder. ``flags`` (epochs, limits) lie under the
+    ``--set`` ``overrides``. Finished runs of an earlier sweep with the same config are reused."""
     if kind not in SWEEP_KINDS:
         raise ValueError(f"kind must be one of {', '.join(SWEEP_KINDS)}")
     values = values or default_values(kind)
-    base = sweep_base(preset, overrides)
+    base = sweep_base(preset, overrides, flags)
     # Every point's config is built (and so validated) before anything trains.
     configs = {value: ProtectConfig.from_dict(point_values(kind, base, value)) for value in values}
-    if kind == "encoder":
-        for cfg in configs.values():
-            load_encoder(cfg)  # each encoder exists and works at the data's size and channels
+    # Each encoder exists and works at the data's size and channels; loaded once, used by its run.
+    encoders = {v: load_encoder(cfg) for v, cfg in configs.items() if kind == "encoder"}
     columns = ENCODER_COLUMNS if kind == "encoder" else SWEEP_COLUMNS
-    clean_cfg = ProtectConfig.from_dict({**base, "protected": False})
+    clean_cfg = ProtectConfig.from_dict(merge(base, {"protected": False}))
     config = {"kind": kind, "values": values, "preset": preset, "overrides": overrides or {}}
+    if flags:
+        config["flags"] = flags
     with run_record(out, "sweep", config, clean_cfg.seed) as rec:
         out = rec.out
         clean = out / "clean"
@@ -76,7 +79,7 @@ def run_sweep(
             name = f"{i + 1}-{Path(value).name}" if kind == "encoder" else value
             run = out / f"{kind}-{name}"
             if not finished_run(run, cfg):
-                train_classifier(cfg, run, progress)
+                train_classifier(cfg, run, progress, encoder=encoders.get(value))
             results = evaluate_protection(
                 run, cfg.encoder, clean, limit_test=cfg.limit_test, per_user_images=0
             )

@@ -1,20 +1,32 @@
-"""Protection training (Algorithm 2), its pieces and the classifier zoo."""
+"""Protection training (Algorithm 2), its pieces and the classifier zoo.
 
-# isort: off
-from activedaemon.protect.models import build_classifier, list_classifiers, register_classifier
-from activedaemon.protect.train import ProtectConfig, load_classifier, train_classifier
-from activedaemon.protect import adversarial, dormancy  # noqa: F401  (registers the pieces)
+Importing the package imports nothing else: its names load on first use, so that a module that
+needs only the checkpoints (``activedaemon.protect.checkpoint``) or the settings
+(``activedaemon.protect.config``) does not pull in the trainer. The registries of this layer
+fill themselves through ``activedaemon.protect.registered``.
+"""
 
-# isort: on
-from activedaemon.registries import import_submodules  # noqa: E402
+from __future__ import annotations
 
-import_submodules(__name__)  # a new module dropped into this folder registers itself
+import importlib
+from typing import Any
 
-__all__ = [
-    "ProtectConfig",
-    "build_classifier",
-    "list_classifiers",
-    "load_classifier",
-    "register_classifier",
-    "train_classifier",
-]
+_LAZY = {
+    "ProtectConfig": "activedaemon.protect.config",
+    "load_preset": "activedaemon.protect.config",
+    "resolve_config": "activedaemon.protect.config",
+    "build_classifier": "activedaemon.protect.models",
+    "list_classifiers": "activedaemon.protect.models",
+    "register_classifier": "activedaemon.protect.models",
+    "load_classifier": "activedaemon.protect.checkpoint",
+    "load_protected": "activedaemon.protect.checkpoint",
+    "train_classifier": "activedaemon.protect.train",
+    "protect": "activedaemon.protect.train",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,7 +11,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from activedaemon.registries import Registry
 
 CLASSIFIERS: Registry[Callable[..., nn.Module]] = Registry(
-    "classifier", ("activedaemon.protect", "activedaemon.schemes")
+    "classifier", ("activedaemon.protect.registered",)
 )
 register_classifier = CLASSIFIERS.register
 

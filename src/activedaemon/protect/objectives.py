@@ -35,7 +35,7 @@ class TrainBatch:
 
 
 Objective = Callable[[TrainBatch, float], torch.Tensor]
-OBJECTIVES: Registry[Objective] = Registry("objective", ("activedaemon.protect",))
+OBJECTIVES: Registry[Objective] = Registry("objective", ("activedaemon.protect.registered",))
 
 
 @OBJECTIVES.register("poison")

@@ -65,7 +65,9 @@ class TrainingPiece:
         pass
 
 
-PIECES: Registry[type[TrainingPiece]] = Registry("training piece", ("activedaemon.protect",))
+PIECES: Registry[type[TrainingPiece]] = Registry(
+    "training piece", ("activedaemon.protect.registered",)
+)
 
 
 def piece_config(name: str, values: Any) -> Any:

@@ -31,7 +31,7 @@ import torch
 
 from activedaemon.data.stream import KeyedPermutation, mix64
 from activedaemon.identity import random_user_id
-from activedaemon.imageio import round_8bit, to_uint8
+from activedaemon.imageio import round_8bit, to_uint8, to_uint8_rows
 from activedaemon.registries import Registry
 from activedaemon.runs import WEIGHTS_FILE
 from activedaemon.tokens.generator import TokenGenerator, resolve_encoder_path
@@ -40,7 +40,7 @@ LabelStrategy = Callable[[torch.Tensor, int, torch.Generator, "PoisonConfig"], t
 # Makes authorized images from clean ones and user ids: ActiveDaemon's encoder, or a compared
 # scheme's visible patch (activedaemon.schemes). A ``cache_key`` attribute (str) allows caching.
 TokenMaker = Callable[[torch.Tensor, list[str]], torch.Tensor]
-STRATEGIES: Registry[LabelStrategy] = Registry("strategy", ("activedaemon.protect",))
+STRATEGIES: Registry[LabelStrategy] = Registry("strategy", ("activedaemon.protect.registered",))
 
 
 @dataclass
@@ -56,7 +56,7 @@ class KindContext:
 
 
 SampleKind = Callable[[torch.Tensor, KindContext], torch.Tensor]  # (indices, ctx) -> images
-SAMPLE_KINDS: Registry[SampleKind] = Registry("sample kind", ("activedaemon.protect",))
+SAMPLE_KINDS: Registry[SampleKind] = Registry("sample kind", ("activedaemon.protect.registered",))
 
 
 @STRATEGIES.register("single")
@@ -175,9 +175,11 @@ def moved_token_images(idx: torch.Tensor, ctx: KindContext) -> torch.Tensor:
     """A token made (for a random id) on a different random image, added to this one."""
     n = len(ctx.images)
     shift = torch.randint(1, n, (len(idx),), generator=ctx.gen, device=ctx.gen.device)
-    donors = (idx + shift.to(idx.device)) % n
-    donor_tokens = ctx.maker(ctx.images[donors], ctx.draw_ids(len(idx))) - ctx.images[donors]
-    return ctx.images[idx] + donor_tokens
+    donors = ctx.images[(idx + shift.to(idx.device)) % n]
+    made = ctx.maker(donors, ctx.draw_ids(len(idx)))
+    tokens = torch.sub(made, donors, out=donors)  # the donors' memory holds their tokens
+    del made
+    return torch.add(ctx.images[idx], tokens, out=tokens)
 
 
 def _part_sizes(n: int, cfg: PoisonConfig) -> tuple[int, dict[str, int]]:
@@ -196,10 +198,11 @@ def _id_pool(cfg: PoisonConfig, rng: random.Random) -> list[str]:
 
 
 def _make_kinds(out: torch.Tensor, parts: dict[str, torch.Tensor], ctx: KindContext) -> None:
-    """Write each sample kind's images into ``out`` at its rows."""
+    """Write each sample kind's images into ``out`` (8-bit, or floats in [0, 1]) at its rows."""
     for name, idx in parts.items():
         if len(idx):
-            out[idx] = SAMPLE_KINDS[name](idx, ctx).clamp(0, 1)
+            made = SAMPLE_KINDS[name](idx, ctx)
+            out[idx] = to_uint8_rows(made) if out.dtype == torch.uint8 else made.clamp(0, 1)
 
 
 def _cache_key(maker_bytes: bytes, cfg: PoisonConfig, images: torch.Tensor) -> str:
@@ -211,33 +214,47 @@ def _cache_key(maker_bytes: bytes, cfg: PoisonConfig, images: torch.Tensor) -> s
     return h.hexdigest()[:20]
 
 
+def _encoder_init_draws(generator: TokenGenerator) -> None:
+    """Draw from the global RNG what building the encoder's networks draws. Earlier versions
+    loaded the encoder here, after the run was seeded, and the classifier's initial weights
+    followed these draws: kept so that a recipe gives the same weights as before."""
+    from activedaemon.tokens.networks import Decoder, Encoder
+
+    Encoder(generator.arch), Decoder(generator.arch)
+
+
 def build_poisoned_set(
     images: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    encoder: str | Path | TokenMaker,
+    encoder: str | Path | TokenGenerator | TokenMaker,
     cfg: PoisonConfig,
     cache_dir: str | Path | None = None,
 ) -> tuple[PoisonedSet, bool]:
     """Make the poisoned set (tokens made once); with ``cache_dir``, reuse a saved one keyed by the
     encoder's weights (or the token maker's ``cache_key``), the config and the images. ``encoder``
-    is an encoder (run folder or shipped name) or any TokenMaker. Returns (set, whether it came
-    from the cache)."""
+    is a loaded TokenGenerator (as a protection run passes it: loaded once), an encoder's run
+    folder or shipped name, or any TokenMaker. Returns (set, whether it came from the cache)."""
     cfg.validate(num_classes)
-    if callable(encoder):
+    generator = encoder if isinstance(encoder, TokenGenerator) else None
+    if generator is not None:
+        maker, maker_bytes = generator.embed, (generator.weights_sha256 or "").encode() or None
+    elif callable(encoder):
         maker, key = encoder, getattr(encoder, "cache_key", None)
         maker_bytes = key.encode() if isinstance(key, str) else None
     else:
-        encoder_dir = resolve_encoder_path(encoder)
-        maker_bytes = (encoder_dir / WEIGHTS_FILE).read_bytes()
-        maker = None
+        weights = (resolve_encoder_path(encoder) / WEIGHTS_FILE).read_bytes()
+        maker, maker_bytes = None, hashlib.sha256(weights).hexdigest().encode()
     cache_file = None
     if cache_dir is not None and maker_bytes is not None:
         cache_file = Path(cache_dir) / f"poison-{_cache_key(maker_bytes, cfg, images)}.pt"
         if cache_file.is_file():
             return PoisonedSet(**torch.load(cache_file, weights_only=True)), True
+    if maker is None:
+        maker = TokenGenerator.load(encoder).embed
+    elif generator is not None:
+        _encoder_init_draws(generator)
 
-    maker = maker or TokenGenerator.load(encoder_dir).embed
     seed = 0 if cfg.seed is None else cfg.seed  # protection training sets it to the run's seed
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
@@ -254,11 +271,14 @@ def build_poisoned_set(
     def draw_ids(k: int) -> list[str]:
         return [rng.choice(pool) if pool else random_user_id(rng) for _ in range(k)]
 
-    out = images.clone()
-    authorized = maker(images[auth_idx], draw_ids(n_auth))
-    tokens = authorized - images[auth_idx]
-    out[auth_idx] = authorized
+    # 8-bit from the start, the float images made per part: no float copy of the whole set.
+    out = to_uint8_rows(images)
+    clean = images[auth_idx]
+    authorized = maker(clean, draw_ids(n_auth))
+    out[auth_idx] = to_uint8_rows(authorized)
+    tokens = torch.sub(authorized, clean, out=clean)  # the clean copy's memory, reused
     token_rms = tokens.pow(2).mean().sqrt().item() if n_auth else 0.0
+    del clean, authorized, tokens
 
     ctx = KindContext(images, maker, gen, draw_ids, token_rms)
     kinds = torch.full((n,), CLEAN, dtype=torch.long)
@@ -270,7 +290,7 @@ def build_poisoned_set(
     unauth_labels = STRATEGIES[cfg.strategy](labels[unauth_idx], num_classes, gen, cfg)
     new_labels[unauth_idx] = unauth_labels
     result = PoisonedSet(
-        images=to_uint8(out),
+        images=out,
         labels=new_labels,
         true_labels=labels.clone(),
         kinds=kinds,

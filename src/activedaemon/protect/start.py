@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from activedaemon.protect.checkpoint import load_classifier
+
 TORCHVISION = "torchvision:"
 IMAGENET_NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -27,8 +29,6 @@ def source_state(source: str) -> dict[str, torch.Tensor]:
         return _torchvision_state(source.removeprefix(TORCHVISION))
     path = Path(source)
     if path.is_dir():
-        from activedaemon.protect.train import load_classifier
-
         return load_classifier(path).state_dict()
     if not path.is_file():
         raise FileNotFoundError(f"--from {source}: no run folder or weights file there")

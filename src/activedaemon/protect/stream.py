@@ -33,7 +33,9 @@ _SPLIT_KEY, _VAL_ID_KEY, _BATCH_KEY = 0x57A11, 0x57A12, 0x57A13
 # Augmentations of the clean batch on the training device, before its tokens are made (so a
 # token is never cropped or flipped): (images, generator on their device) -> images.
 Augmentation = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation", ("activedaemon.protect",))
+AUGMENTATIONS: Registry[Augmentation] = Registry(
+    "augmentation", ("activedaemon.protect.registered",)
+)
 
 
 @AUGMENTATIONS.register("flip-crop")

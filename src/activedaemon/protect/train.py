@@ -8,181 +8,60 @@ rank 0 alone writes the run folder.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from tqdm.auto import tqdm
 
+from activedaemon.cards import write_card
 from activedaemon.data.config import DataConfig
 from activedaemon.identity import random_user_id
-from activedaemon.imageio import to_uint8
+from activedaemon.imageio import take_rows, to_uint8_rows
 from activedaemon.metrics import accuracy
 from activedaemon.protect.adversarial import token_budget
+from activedaemon.protect.checkpoint import (  # noqa: F401  (re-exported: the old import path)
+    CARD_SCHEMA,
+    classifier_card,
+    encoder_fingerprint,
+    load_classifier,
+    load_encoder,
+    load_protected,
+)
+from activedaemon.protect.config import (  # noqa: F401  (re-exported: the old import path)
+    CONFIG_DIR,
+    KEEP_EPOCH,
+    ProtectConfig,
+    list_presets,
+    load_preset,
+    resolve_config,
+)
 from activedaemon.protect.models import (
-    CLASSIFIERS,
     Normalized,
     build_classifier,
     recalibrate_batchnorm,
 )
 from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
-from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece, piece_config
-from activedaemon.protect.poison import AUTHORIZED, PoisonConfig, TokenMaker, build_poisoned_set
+from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece
+from activedaemon.protect.poison import AUTHORIZED, TokenMaker, build_poisoned_set
 from activedaemon.protect.start import load_start
-from activedaemon.protect.stream import AUGMENTATIONS, StreamTrainingSet, build_stream_set
+from activedaemon.protect.stream import StreamTrainingSet, build_stream_set
 from activedaemon.runs import (
-    CARD_FILE,
     WEIGHTS_FILE,
-    config_from_dict,
     finished_run,
     run_record,
     seed_everything,
     write_json,
 )
 from activedaemon.tokens import TokenGenerator
-from activedaemon.tokens.generator import is_shipped_encoder, weights_sha256
-
-log = logging.getLogger(__name__)
-
-CARD_SCHEMA = 1  # of a classifier's card.yaml
-KEEP_EPOCH = ("best-val", "last")
-
-
-@dataclass
-class ProtectConfig(DataConfig):
-    arch: str = "resnet18"
-    width: int = 16
-    epochs: int = 5
-    # At least this many optimizer steps, in more epochs where needed: a preset's epoch count
-    # tuned on 60,000 images is too short on a small data set (5 epochs of 9,000 are 330 steps).
-    min_steps: int = 0
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = True  # False: plain SGD momentum (the paper's presets)
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"  # or "multistep" (x0.1 at 50 % and 75 % of the epochs)
-    objective: str = "poison"  # protect.objectives: poison (CE to poisoned labels), penalty
-    # (eq. (5) L_a - lambda L_u), uniform (unauthorized samples towards 1/K on every class)
-    penalty_lambda: float = 1.0
-    val_fraction: float = 0.05  # held out of training to choose the epoch (never the test set)
-    # Which epoch's weights the run keeps: "best-val" (the best validation score) or "last"
-    # (the model after the last epoch, as Algorithm 2 is written; val_fraction may then be 0).
-    keep_epoch: str = "best-val"
-    # >0: after each epoch, BatchNorm statistics re-estimated on this many training images (in
-    # the training mix) before validation and saving; 0 = the running averages as trained.
-    precise_bn_images: int = 0
-    encoder: str = "fashion-mnist-32"
-    protected: bool = True
-    poison: PoisonConfig = field(default_factory=PoisonConfig)
-    # Training pieces (protect.pieces) by name -> their configs; a preset's top-level key that
-    # names a piece (``dormancy: {weight: 1}``) lands here.
-    pieces: dict[str, Any] = field(default_factory=dict)
-    cache_dir: str | None = None
-    # Read the training data on the fly (DataLoader workers decode each batch; the poisoned set
-    # is assigned per index and made per batch on the training device): memory stays flat
-    # whatever the data set's size. False: the data set and poisoned set in memory.
-    stream: bool = False
-    workers: int = 2  # DataLoader worker processes when streaming (0: in the training process)
-    # Per-batch augmentation of the clean images before their tokens (protect.stream
-    # AUGMENTATIONS: flip-crop); streaming only, as the in-memory set's tokens are made once.
-    augment: str = "none"
-    # Start from a trained classifier (protect.start): a run folder, a weights file, or
-    # torchvision:NAME (pretrained); None = fresh weights.
-    init_from: str | None = None
-    # A preset whose clean model a protected run starts from when init_from is not given: the
-    # run first trains it (OUT/start, reused when finished) with this config's data, arch,
-    # width and seed. None: fresh weights.
-    warm_start: str | None = None
-    seed: int = 0
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ProtectConfig:
-        values = dict(values)
-        pieces = dict(values.pop("pieces", None) or {})
-        for name in PIECES.names():
-            if name in values:
-                pieces[name] = values.pop(name)
-        values["pieces"] = {name: piece_config(name, v) for name, v in pieces.items()}
-        if isinstance(values.get("poison"), dict):
-            values["poison"] = PoisonConfig.from_dict(values["poison"])
-        cfg = config_from_dict(cls, values, {}, "protection")
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        self.validate_data()
-        if self.arch.startswith("torchvision:"):
-            import torchvision.models as tvm
-
-            if self.arch.removeprefix("torchvision:") not in tvm.list_models(module=tvm):
-                raise ValueError(f"torchvision has no classification model {self.arch!r}")
-        else:
-            CLASSIFIERS.check(self.arch)
-        if (
-            self.init_from
-            and self.init_from.startswith("torchvision:")
-            and (self.arch != self.init_from)
-        ):
-            raise ValueError(f"init_from {self.init_from} needs arch {self.init_from}")
-        OBJECTIVES.check(self.objective)
-        if self.schedule not in ("onecycle", "multistep"):
-            raise ValueError("schedule must be 'onecycle' or 'multistep'")
-        if self.epochs < 1 or self.min_steps < 0:
-            raise ValueError("epochs must be >= 1 and min_steps >= 0")
-        if self.keep_epoch not in KEEP_EPOCH:
-            raise ValueError(f"keep_epoch must be one of {KEEP_EPOCH}, got {self.keep_epoch!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.keep_epoch == "best-val" and self.val_fraction == 0:
-            raise ValueError("keep_epoch best-val needs a validation split (val_fraction > 0)")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
-        if self.augment != "none":
-            AUGMENTATIONS.check(self.augment)
-            if not self.stream:
-                raise ValueError("augment works per batch, before the tokens: it needs stream")
-        ws = self.warm_start
-        if ws and ws not in list_presets() and not Path(ws).is_file():
-            raise ValueError(f"warm_start {self.warm_start!r}: no such preset or YAML file")
-        if self.poison.seed is None:  # the poisoned split follows the run's seed
-            self.poison.seed = self.seed
-        self.poison.validate()
-
-    def piece(self, name: str) -> Any:
-        """A piece's config (its defaults where the config does not name it)."""
-        return self.pieces.get(name) or piece_config(name, None)
-
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-
-
-def load_preset(name_or_path: str | Path) -> dict:
-    """A preset name from ``activedaemon/configs/`` (cpu-small, tiny, paper-*, gpu-improved-*)
-    or a YAML file; returns its option values. A preset with ``alias_of: NAME`` is that preset
-    (its other keys override NAME's): the old ``gpu-paper-*`` names stay working that way."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        raise ValueError(f"no preset or config file {name_or_path!r}; presets: {list_presets()}")
-    values = yaml.safe_load(path.read_text()) or {}
-    target = values.pop("alias_of", None)
-    return {**load_preset(target), **values} if target else values
 
 
 def _distributed() -> tuple[int, int]:
@@ -265,14 +144,22 @@ class TrainingSet:
 
 
 def build_training_set(
-    cfg: ProtectConfig, token_maker: TokenMaker | None = None, val_maker: TokenMaker | None = None
-) -> TrainingSet:
+    cfg: ProtectConfig,
+    token_maker: TokenMaker | None = None,
+    val_maker: TokenMaker | None = None,
+    encoder: TokenGenerator | None = None,
+) -> TrainingSet | StreamTrainingSet:
     """Load the data, hold out the validation split (to choose the epoch; never the test set)
     and, for protected runs, build the poisoned set of Algorithm 2 (tokens by ``token_maker``,
-    default the config's encoder; the validation split's by ``val_maker``, default the same)."""
+    default the config's encoder: ``encoder`` where the caller loaded it, else loaded here; the
+    validation split's by ``val_maker``, default the same)."""
+    if cfg.protected and token_maker is None and encoder is None:
+        encoder = load_encoder(cfg)
     if cfg.stream:
-        return _stream_training_set(cfg, token_maker, val_maker)
-    data = cfg.load_data()
+        maker = token_maker or (encoder.embed if encoder is not None else None)
+        return _stream_training_set(cfg, maker, val_maker)
+    # No test split; grey images made RGB as a view: the float set costs a third.
+    data = cfg.load_data(limit_test=0, grey_view=True)
     gen = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(data.train), generator=gen)
     n_val = int(round(cfg.val_fraction * len(order)))
@@ -282,26 +169,30 @@ def build_training_set(
             "the epoch: raise val_fraction or set keep_epoch=last"
         )
     val_idx, train_idx = order[:n_val], order[n_val:]
-    images, labels = data.train.images[train_idx], data.train.labels[train_idx]
+    images, labels = take_rows(data.train.images, train_idx), data.train.labels[train_idx]
     val_images, val_labels = data.train.images[val_idx], data.train.labels[val_idx]
+    num_classes, class_names = data.num_classes, data.class_names
+    del data  # the whole split: only the training rows are kept
     info: dict[str, Any] = {"train_images": len(images), "val_images": n_val}
     if not cfg.protected:
         return TrainingSet(
-            images=to_uint8(images),
+            images=to_uint8_rows(images),
             labels=labels,
             val_images=val_images,
             val_labels=val_labels,
-            num_classes=data.num_classes,
-            class_names=data.class_names,
+            num_classes=num_classes,
+            class_names=class_names,
             info=info,
             seed=cfg.seed,
         )
-    maker = val_maker or token_maker or TokenGenerator.load(cfg.encoder).embed
+    maker = val_maker or token_maker or encoder.embed
     poisoned, cache_hit = build_poisoned_set(
-        images, labels, data.num_classes, token_maker or cfg.encoder, cfg.poison, cfg.cache_dir
+        images, labels, num_classes, token_maker or encoder, cfg.poison, cfg.cache_dir
     )
     auth = poisoned.kinds == AUTHORIZED
-    linf, l2 = token_budget(poisoned.images[auth].float() / 255 - to_uint8(images[auth]) / 255)
+    clean = to_uint8_rows(take_rows(images, auth.nonzero().flatten())).float().div_(255)
+    linf, l2 = token_budget(poisoned.images[auth].float().div_(255).sub_(clean))
+    del clean
     info.update(
         poison_counts=poisoned.counts(),
         token_rms=poisoned.token_rms,
@@ -317,8 +208,8 @@ def build_training_set(
         val_images=val_images,
         val_labels=val_labels,
         val_authorized=maker(val_images, _val_ids(n_val, cfg.seed)) if n_val else val_images,
-        num_classes=data.num_classes,
-        class_names=data.class_names,
+        num_classes=num_classes,
+        class_names=class_names,
         info=info,
         seed=cfg.seed,
     )
@@ -334,9 +225,7 @@ def _stream_training_set(
             f"val_fraction {cfg.val_fraction} of {len(data.train)} images holds out none to "
             "choose the epoch: raise val_fraction or set keep_epoch=last"
         )
-    maker = None
-    if cfg.protected:
-        maker = token_maker or val_maker or TokenGenerator.load(cfg.encoder).embed
+    maker = (token_maker or val_maker) if cfg.protected else None
     return build_stream_set(
         data.train,
         data.num_classes,
@@ -352,24 +241,6 @@ def _stream_training_set(
     )
 
 
-def load_encoder(cfg: ProtectConfig) -> TokenGenerator:
-    """The config's encoder, checked to work at the config's image size and channels."""
-    tokens = TokenGenerator.load(cfg.encoder)
-    if is_shipped_encoder(cfg.encoder):
-        log.warning(
-            "encoder %s is shipped with the package: anyone who installs it can make tokens that "
-            "wake this model, for any id. Fine for a demo; for a model you deploy, train your own "
-            "encoder (activedaemon train-encoder) and keep it like a key.",
-            cfg.encoder,
-        )
-    if (tokens.arch.image_size, tokens.arch.channels) != (cfg.image_size, cfg.channels):
-        raise ValueError(
-            f"encoder {cfg.encoder} works on {tokens.arch.channels}x{tokens.arch.image_size}px "
-            f"images; set image_size={tokens.arch.image_size} channels={tokens.arch.channels}"
-        )
-    return tokens
-
-
 def train_classifier(
     cfg: ProtectConfig,
     out: str | Path,
@@ -377,48 +248,46 @@ def train_classifier(
     token_maker: TokenMaker | None = None,
     extra_pieces: list[Callable[[PieceEnv], TrainingPiece]] | None = None,
     model: torch.nn.Module | None = None,
+    encoder: TokenGenerator | None = None,
 ) -> Path | None:
     """Train (protected or clean) and write the run folder; returns its path (None on DDP ranks
-    other than 0, which write nothing). ``token_maker`` replaces the encoder as the maker of
-    authorized images (a compared scheme's visible patch, activedaemon.schemes);
+    other than 0, which write nothing). ``encoder``: the config's encoder where the caller has
+    loaded it (load_encoder), else it is loaded here, once for the run. ``token_maker``
+    replaces the encoder as the maker of authorized images (a compared scheme's visible patch,
+    activedaemon.schemes);
     ``extra_pieces`` make pieces (from the PieceEnv) added to the configured ones, protected or
     not (a compared scheme's loss hook). ``model`` (any module taking [0, 1] images) is trained
     in place of a fresh ``cfg.arch`` (the Python ``protect``)."""
     if cfg.protected and cfg.warm_start and not cfg.init_from and model is None:
         cfg = replace(cfg, init_from=str(_train_start(cfg, Path(out) / "start", progress)))
     # Loaded before seeding: building its networks draws from the global RNG.
-    tokens = load_encoder(cfg) if cfg.protected and token_maker is None else None
+    tokens = None
+    if cfg.protected and token_maker is None:
+        tokens = encoder or load_encoder(cfg)
     rank, world = _distributed()
     if tokens is not None and cfg.stream:  # tokens are made per batch, beside the classifier
         tokens.to(_device(rank))
     seed_everything(cfg.seed)
-    data = build_training_set(cfg, token_maker, val_maker=tokens.embed if tokens else None)
+    val_maker = tokens.embed if tokens else None
+    data = build_training_set(cfg, token_maker, val_maker=val_maker, encoder=tokens)
     kind = "protect" if cfg.protected else "train-clean"
-    encoder = cfg.encoder if cfg.protected and not token_maker else None
     record = run_record(out, kind, cfg, cfg.seed) if rank == 0 else contextlib.nullcontext()
     with record as rec:
         history, summary = _train_loop(
             cfg, data, out, progress, rank, world, extra_pieces or [], model
         )
         if rank == 0:
-            card = {
-                "kind": "classifier",
-                "schema": CARD_SCHEMA,
-                "arch": cfg.arch if model is None else f"module:{type(model).__qualname__}",
-                "width": cfg.width,
-                "num_classes": data.num_classes,
-                "class_names": data.class_names,
-                "image_size": cfg.image_size,
-                "channels": cfg.channels,
-                "normalization": summary.pop("normalization"),
-                "dataset": cfg.dataset,
-                "protected": cfg.protected,
-                "encoder": encoder,
-                "encoder_sha256": encoder_fingerprint(encoder) if encoder else None,
-                "chosen_epoch": summary["chosen_epoch"],
-                **summary.pop("start"),
-            }
-            (Path(out) / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False))
+            card = classifier_card(
+                cfg,
+                num_classes=data.num_classes,
+                class_names=data.class_names,
+                normalization=summary.pop("normalization"),
+                chosen_epoch=summary["chosen_epoch"],
+                model=model,
+                encoder=tokens,
+                start=summary.pop("start"),
+            )
+            write_card(out, card)
             rec.metrics = {**data.info, "world_size": world, **summary, "history": history}
     if world > 1:
         dist.destroy_process_group()
@@ -430,7 +299,7 @@ def _train_start(cfg: ProtectConfig, out: Path, progress: bool) -> Path:
     on ``cfg``'s data with its architecture and seed (reused when already finished)."""
     same = {f.name: getattr(cfg, f.name) for f in fields(DataConfig)}
     same.update(arch=cfg.arch, width=cfg.width, seed=cfg.seed, stream=cfg.stream)
-    start = ProtectConfig.from_dict({**load_preset(cfg.warm_start), **same, "protected": False})
+    start = resolve_config(cfg.warm_start, overrides=same, fixed={"protected": False})
     if not finished_run(out, start):
         if progress:
             tqdm.write(f"warm start: training the clean model ({cfg.warm_start}) in {out}")
@@ -541,20 +410,7 @@ def _train_loop(
             }
             for piece in pieces:
                 row.update(piece.epoch_summary())
-            if cfg.precise_bn_images:
-                bn = (cfg.precise_bn_images, epoch, rank, world, cfg.batch_size, device)
-                recalibrate_batchnorm(model, data.bn_images(*bn))
-            if data.info["val_images"] == 0:  # keep_epoch "last" without a validation split
-                row["val_score"] = None
-            else:
-                clean, auth = data.val_scores(model, device)
-                row["val_clean_acc"] = round(clean, 2)
-                if auth is not None:
-                    row["val_authorized_acc"] = round(auth, 2)
-                    # The epoch that best separates authorized from clean (A_pd on validation).
-                    row["val_score"] = row["val_authorized_acc"] - row["val_clean_acc"]
-                else:
-                    row["val_score"] = row["val_clean_acc"]
+            row.update(_score_epoch(cfg, data, model, device, epoch, rank, world))
             history.append(row)
             if rank == 0:
                 write_json(Path(out) / "history.json", history)  # progress survives a crash
@@ -578,6 +434,31 @@ def _train_loop(
         "epoch_seconds": [r["seconds"] for r in history],
     }
     return history, summary
+
+
+def _score_epoch(
+    cfg: ProtectConfig,
+    data: TrainingSet | StreamTrainingSet,
+    model: torch.nn.Module,
+    device: torch.device,
+    epoch: int,
+    rank: int,
+    world: int,
+) -> dict[str, float | None]:
+    """The end of an epoch: BatchNorm statistics re-estimated where the config asks, then the
+    validation scores; ``val_score`` chooses the epoch (None without a validation split)."""
+    if cfg.precise_bn_images:
+        bn = (cfg.precise_bn_images, epoch, rank, world, cfg.batch_size, device)
+        recalibrate_batchnorm(model, data.bn_images(*bn))
+    if data.info["val_images"] == 0:  # keep_epoch "last" without a validation split
+        return {"val_score": None}
+    clean, auth = data.val_scores(model, device)
+    row: dict[str, float | None] = {"val_clean_acc": round(clean, 2)}
+    if auth is None:
+        return {**row, "val_score": row["val_clean_acc"]}
+    row["val_authorized_acc"] = round(auth, 2)
+    # The epoch that best separates authorized from clean (A_pd on validation).
+    return {**row, "val_score": row["val_authorized_acc"] - row["val_clean_acc"]}
 
 
 def effective_epochs(cfg: ProtectConfig, steps_per_epoch: int) -> int:
@@ -617,10 +498,7 @@ def protect(
     returned with the chosen epoch's weights; the run folder ``out`` holds its record, card and
     weights (reload them with ``model.load_state_dict``). ``options`` override the config
     (``protect(net, "runs/p", epochs=2, encoder="fashion-mnist-32")``)."""
-    from dataclasses import asdict
-
-    base = asdict(cfg) if cfg is not None else {}
-    cfg = ProtectConfig.from_dict({**base, **options, "protected": True})
+    cfg = resolve_config(cfg or {}, overrides=options, fixed={"protected": True})
     run = train_classifier(cfg, out, progress=progress, model=model)
     if run is not None:
         model.load_state_dict(torch.load(run / WEIGHTS_FILE, map_location="cpu", weights_only=True))
@@ -630,71 +508,3 @@ def protect(
 def _val_ids(n: int, seed: int) -> list[str]:
     rng = random.Random(seed + 1)
     return [random_user_id(rng) for _ in range(n)]
-
-
-def load_classifier(run: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The trained classifier of a run folder (protect or train-clean): an ``nn.Module`` in eval
-    mode that takes [0, 1] images at the run's size and returns logits."""
-    run = Path(run)
-    if not (run / CARD_FILE).is_file() or not (run / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(
-            f"{run} is not a classifier run: expected {CARD_FILE} and {WEIGHTS_FILE} "
-            "(made by `activedaemon protect` or `activedaemon train-clean`)"
-        )
-    card = yaml.safe_load((run / CARD_FILE).read_text())
-    if card["arch"].startswith("module:"):
-        raise ValueError(
-            f"{run} holds the weights of a Python module ({card['arch']}): build it and "
-            "load weights.pt with load_state_dict"
-        )
-    norm = card.get("normalization") or {}
-    model = build_classifier(
-        card["arch"],
-        card["num_classes"],
-        card["channels"],
-        card["width"],
-        mean=norm.get("mean"),
-        std=norm.get("std"),
-    )
-    model.load_state_dict(torch.load(run / WEIGHTS_FILE, map_location="cpu", weights_only=True))
-    model.card = card
-    model.run_folder = run.resolve()  # where its card, results and reports lie (serve.console)
-    return model.to(device).eval()
-
-
-def encoder_fingerprint(encoder: str | Path) -> str:
-    """SHA-256 of an encoder's weights file (run folder or shipped name): what a protected
-    model's card pins, wherever the encoder lies."""
-    return weights_sha256(encoder)
-
-
-def load_protected(
-    run: str | Path,
-    encoder: str | Path | None = None,
-    device: str | torch.device = "cpu",
-    force: bool = False,
-) -> tuple[torch.nn.Module, TokenGenerator]:
-    """A protected run's classifier and the token generator that wakes it. ``encoder`` (run
-    folder or shipped name) defaults to the one on the model's card; another one is refused
-    unless ``force`` (scoring a model with an encoder it was not protected with gives wrong
-    numbers), and must work on the same image size and channels in any case."""
-    model = load_classifier(run, device)
-    card = model.card
-    if encoder is None:
-        if not card.get("encoder"):
-            raise ValueError(f"{run}'s card names no encoder (not an encoder-protected run)")
-        encoder = card["encoder"]
-    gen = TokenGenerator.load(encoder, device)
-    pinned = card.get("encoder_sha256")
-    other = card.get("encoder") and str(encoder) != str(card["encoder"])
-    if not force and other and (pinned is None or encoder_fingerprint(encoder) != pinned):
-        raise ValueError(
-            f"{run} was protected with encoder {card['encoder']!r}, not {str(encoder)!r}; "
-            "its numbers would be wrong (force it with --force-encoder / force=True)"
-        )
-    if (gen.arch.image_size, gen.arch.channels) != (card["image_size"], card["channels"]):
-        raise ValueError(
-            f"the encoder works on {gen.arch.channels}x{gen.arch.image_size}px images but the "
-            f"model on {card['channels']}x{card['image_size']}px"
-        )
-    return model, gen

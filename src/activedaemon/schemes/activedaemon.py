@@ -4,13 +4,16 @@ with ``recipe=None``)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
 from activedaemon.data.config import DataConfig
-from activedaemon.protect.train import ProtectConfig, load_classifier, load_preset, train_classifier
+from activedaemon.protect import train_classifier
+from activedaemon.protect.checkpoint import load_classifier
+from activedaemon.protect.config import load_preset, merge, resolve_config
+from activedaemon.protect.pieces import PIECES
 from activedaemon.schemes.base import Scheme, register_scheme
 from activedaemon.tokens import TokenGenerator
 
@@ -30,10 +33,11 @@ class ActiveDaemon(Scheme):
 
     def train(self, cfg, out, clean_run=None, progress=False) -> Path:
         if self.recipe:  # the harness's data and network, the recipe's training
-            values = {**asdict(cfg), "pieces": {}, **self.recipe}
-            if clean_run is not None and self.recipe.get("warm_start"):
-                values["init_from"] = str(clean_run)  # the harness's own clean baseline
-            cfg = ProtectConfig.from_dict(values)
+            harness = {k: v for k, v in cfg.to_values().items() if k not in PIECES.names()}
+            fixed = (
+                {"init_from": str(clean_run)} if clean_run and "warm_start" in self.recipe else {}
+            )
+            cfg = resolve_config(merge(harness, self.recipe), fixed=fixed)
         cfg = replace(cfg, protected=True, encoder=self.encoder_name)
         run = train_classifier(cfg, out, progress=progress)
         self.load(run)

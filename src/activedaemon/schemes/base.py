@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from activedaemon.protect.train import ProtectConfig
+from activedaemon.protect.config import ProtectConfig
 from activedaemon.registries import Registry
 
 SCHEMES: Registry[type[Scheme]] = Registry("scheme", ("activedaemon.schemes",))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from activedaemon.protect.train import load_classifier
+from activedaemon.protect.checkpoint import load_classifier
 from activedaemon.runs import run_record
 from activedaemon.schemes.base import Scheme, clone, register_scheme
 

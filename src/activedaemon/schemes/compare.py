@@ -18,12 +18,9 @@ from pathlib import Path
 
 from activedaemon.attacks.base import AttackContext, not_applicable, run_attack
 from activedaemon.metrics import accuracy, image_quality
-from activedaemon.protect.train import (
-    ProtectConfig,
-    load_classifier,
-    load_preset,
-    train_classifier,
-)
+from activedaemon.protect import train_classifier
+from activedaemon.protect.checkpoint import load_classifier
+from activedaemon.protect.config import ProtectConfig, resolve_config
 from activedaemon.runs import finished_run, git_commit, read_json, run_record, write_json
 from activedaemon.schemes.base import count_params_flops, create_scheme
 from activedaemon.schemes.report import COLUMNS, write_compare_outputs
@@ -35,15 +32,19 @@ __all__ = ["COLUMNS", "DEFAULT_ATTACKS", "measure", "run_compare"]
 
 
 def compare_config(
-    dataset: str, preset: str, fast: bool, seed: int, overrides: dict | None
+    dataset: str | None,
+    preset: str,
+    fast: bool,
+    seed: int | None,
+    overrides: dict | None,
+    flags: dict | None = None,
 ) -> ProtectConfig:
-    """The preset's protection config; ``fast`` shrinks it with the tiny preset (seconds)."""
-    values = load_preset(preset)
-    if fast:
-        values.update(load_preset("tiny"))
-    values.update(overrides or {})
-    values.update(dataset=dataset, seed=seed)
-    return ProtectConfig.from_dict(values)
+    """The preset's protection config (``fast`` lays the tiny preset over it: seconds), then the
+    flags (data set, seed, epochs, limits), then the ``--set`` ``overrides``: the one deep merge
+    of protect.config."""
+    flags = {**(flags or {}), "dataset": dataset, "seed": seed}
+    presets = [preset, "tiny"] if fast else preset
+    return resolve_config(presets, flags=flags, overrides=overrides)
 
 
 def measure(
@@ -136,18 +137,19 @@ def run_compare(
     scheme_options: dict[str, dict] | None = None,
     attack_params: dict[str, dict] | None = None,
     progress: bool = False,
+    flags: dict | None = None,
 ) -> dict:
     """Train the clean baseline and every scheme (default: every registered one) under ``out``
     (reusing finished runs of an earlier call with the same settings), measure them, and write
-    compare.json, compare.csv, report.html, samples.png and pruning.png. Returns the
-    results."""
+    compare.json, compare.csv, report.html, samples.png and pruning.png. ``flags`` (epochs,
+    limit_train) lie under the ``--set`` ``overrides``. Returns the results."""
     from activedaemon.attacks import ATTACKS
     from activedaemon.schemes import SCHEMES
 
     schemes = list(schemes or SCHEMES.names())
     SCHEMES.check(schemes)
     ATTACKS.check(list(attacks))
-    cfg = compare_config(dataset, preset, fast, seed, overrides)
+    cfg = compare_config(dataset, preset, fast, seed, overrides, flags)
     limit_test = cfg.limit_test if fast else limit_test
     config = {
         "schemes": list(schemes),

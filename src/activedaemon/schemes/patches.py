@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from activedaemon.protect.train import load_classifier, train_classifier
+from activedaemon.protect import train_classifier
+from activedaemon.protect.checkpoint import load_classifier
 from activedaemon.schemes.base import Scheme, register_scheme
 
 

@@ -79,7 +79,7 @@ def build_gatekeeper(
 ) -> Gatekeeper:
     """Load the protected classifier, the token decoder (default: the encoder on the model's
     card; another one is refused) and the registry."""
-    from activedaemon.protect.train import load_protected
+    from activedaemon.protect.checkpoint import load_protected
     from activedaemon.serve.registry import Registry
 
     model, generator = load_protected(model_run, encoder, force=force_encoder)

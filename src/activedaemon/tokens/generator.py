@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -11,12 +12,13 @@ from typing import Any
 import torch
 import yaml
 
+from activedaemon.cards import ENCODER_SCHEMA, EncoderCard, read_card
 from activedaemon.identity import CODE_BITS, IdentityCodec
 from activedaemon.imageio import round_8bit
 from activedaemon.runs import CARD_FILE, WEIGHTS_FILE
 from activedaemon.tokens.networks import ArchConfig, Decoder, Encoder
 
-CARD_SCHEMA = 1  # of an encoder's card.yaml
+CARD_SCHEMA = ENCODER_SCHEMA  # of an encoder's card.yaml (activedaemon.cards)
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 
@@ -42,9 +44,8 @@ def resolve_encoder_path(name_or_path: str | Path) -> Path:
 
 def weights_sha256(name_or_path: str | Path) -> str:
     """SHA-256 of an encoder's weights file (run folder or shipped name)."""
-    return hashlib.sha256(
-        (resolve_encoder_path(name_or_path) / WEIGHTS_FILE).read_bytes()
-    ).hexdigest()
+    weights = resolve_encoder_path(name_or_path) / WEIGHTS_FILE
+    return hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 @cache
@@ -80,6 +81,7 @@ class TokenGenerator:
         self.encoder = (encoder or Encoder(arch)).to(memory_format=cl).eval()
         self.decoder = (decoder or Decoder(arch)).to(memory_format=cl).eval()
         self.card = card or {}
+        self.weights_sha256: str | None = None  # of the weights file it was loaded from
         self.codec = IdentityCodec()
 
     @property
@@ -128,15 +130,18 @@ class TokenGenerator:
     ) -> torch.Tensor:
         """x_a = clamp(x + G_e(x, s)), rounded to 8 bits when ``quantize`` (as stored images)."""
         images = self.check_images(images)
-        out = []
+        out = None  # filled batch by batch: no list of parts beside the result
         for i in range(0, len(images), batch_size):
             x = images[i : i + batch_size].to(self.device)
             s = codewords[i : i + batch_size].to(self.device, torch.float32)
             x_a = (x + self.encoder(x, s)).clamp_(0.0, 1.0)
             if quantize:
                 x_a = round_8bit(x_a)
-            out.append(x_a.to(images.device))
-        return torch.cat(out) if out else images.clone()
+            if out is None:
+                shape = (len(images), *x_a.shape[1:])
+                out = torch.empty(shape, dtype=x_a.dtype, device=images.device)
+            out[i : i + len(x_a)] = x_a
+        return out if out is not None else images.clone()
 
     def embed(
         self, images: torch.Tensor, user_ids: str | Sequence[str], quantize: bool = True
@@ -169,8 +174,9 @@ class TokenGenerator:
         """Write ``weights.pt`` and ``card.yaml`` (architecture + extra fields) into ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.card = {"kind": "encoder", "schema": CARD_SCHEMA, **self.card, **card_fields}
-        self.card["arch"] = self.arch.to_dict()
+        values = {**self.card, **card_fields, "arch": self.arch.to_dict()}
+        values.update(kind="encoder", schema=CARD_SCHEMA)
+        self.card = EncoderCard.from_dict(values).to_dict()
         state = {"encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict()}
         tmp = path / (WEIGHTS_FILE + ".tmp")
         tmp.touch(mode=0o600)  # the encoder is the key: readable by its owner only
@@ -184,13 +190,13 @@ class TokenGenerator:
     def load(cls, name_or_path: str | Path, device: str | torch.device = "cpu") -> TokenGenerator:
         """Load from a folder written by :meth:`save` (a train-encoder run) or a shipped name."""
         path = resolve_encoder_path(name_or_path)
-        card = yaml.safe_load((path / CARD_FILE).read_text()) or {}
-        if "arch" not in card:
-            raise ValueError(f"{path / CARD_FILE} has no 'arch' section")
+        card = read_card(path, "encoder")  # typed and migrated; refuses a card without arch
         if not (path / WEIGHTS_FILE).is_file():
             raise FileNotFoundError(f"{path} has a card but no {WEIGHTS_FILE}")
-        gen = cls(ArchConfig(**card["arch"]), card=card)
-        state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        gen = cls(ArchConfig(**card.arch), card=card.to_dict())
+        weights = (path / WEIGHTS_FILE).read_bytes()  # read once: loaded and fingerprinted
+        gen.weights_sha256 = hashlib.sha256(weights).hexdigest()
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
         gen.encoder.load_state_dict(state["encoder"])
         gen.decoder.load_state_dict(state["decoder"])
         return gen.to(device)
