@@ -238,9 +238,7 @@ def main() -> None:
         train("clean", {}, args, protected=False)
         return
     if args.merge:
-        rows = [
-            r for f in args.merge for r in json.loads((f / "frontier.json").read_text())["rows"]
-        ]
+        rows = [r for f in args.merge for r in merged_rows(f)]
         write_tables(rows, args)
         return
     names = [s for s in args.settings.split(",") if s]
@@ -264,6 +262,36 @@ def run(names: list[str], args: argparse.Namespace) -> list[dict]:
         shown.update({k: r[k] for k in TRANSIT_KEYS if k.startswith("A_ad")})
         print(name, r["max_gain_thief"], json.dumps(shown), flush=True)
     return write_tables(rows, args)
+
+
+def merged_rows(folder: Path) -> list[dict]:
+    """The rows of a frontier folder, or of a demo folder (its protected model as one row, with
+    the quick audit: the frontier's warm+wakeup1 training when the demo starts from this run's
+    clean baseline)."""
+    if (folder / "frontier.json").is_file():
+        return json.loads((folder / "frontier.json").read_text())["rows"]
+    results = json.loads((folder / "results.json").read_text())
+    thieves = json.loads((folder / "thieves.json").read_text())
+    row = {"setting": f"{results['recipe']} (demo)", "overrides": {}, "audit_settings": "quick"}
+    keys = ("A_or", "A_ad", "A_ud", "A_od", "A_td_gaussian", "A_td_mismatched", "encoder")
+    row.update({k: results[k] for k in keys})
+    by_thief = {}
+    for r in thieves["rows"]:
+        budget = r.get("budget (x token)")
+        by_thief[r["thief"] if budget is None else f"{r['thief']} x{budget:g}"] = r
+    row["runner_up"] = by_thief["runner-up label"]["thief (%)"]
+    row["runner_up_top3"] = by_thief["true label in runner-up top 3"]["thief (%)"]
+    for name, key in (
+        ("per-query wake-up", "per_query"),
+        ("label-free universal key", "label_free_key"),
+    ):
+        for b in (0.5, 1.0):
+            row[f"{key}_x{b:g}"] = by_thief[f"{name} x{b:g}"]["thief (%)"]
+    probes = [r["gain"] for t, r in by_thief.items() if t.startswith("best linear probe")]
+    row["max_probe_gain"] = max(probes) if probes else None
+    row["max_finetune_gain"] = by_thief["full fine-tuning"]["gain"]
+    row["max_gain"], row["max_gain_thief"] = thieves["largest"]["gain"], thieves["largest"]["thief"]
+    return [row]
 
 
 def write_tables(rows: list[dict], args: argparse.Namespace) -> list[dict]:
