@@ -81,7 +81,9 @@ def test_visible_patterns_are_fixed_and_far_below_activedaemon_psnr(name, data):
     a, b = scheme.authorize(x, ["alice123"] * len(x)), scheme.authorize(x, ["bob45678"] * len(x))
     assert torch.equal(a, b)  # no user-specific token
     psnr = image_quality(a, x, with_lpips=False)["psnr"]
-    ad = create_scheme("activedaemon")
+    # The invisible encoder (the paper's kind of token); the recommended recipe's JPEG-trained
+    # encoder trades visibility for robustness (about 27 dB) and sits closer to the patches.
+    ad = create_scheme("activedaemon", encoder="fashion-mnist-32")
     ad_psnr = image_quality(ad.authorize(x, "alice123"), x, with_lpips=False)["psnr"]
     assert ad_psnr > 30 and psnr < ad_psnr - 8, (psnr, ad_psnr)
 
