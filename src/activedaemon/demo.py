@@ -9,7 +9,7 @@ from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.evaluate.report import write_report
 from activedaemon.protect import train_classifier
 from activedaemon.protect.config import ProtectConfig, resolve_config
-from activedaemon.runs import run_record, write_json
+from activedaemon.runs import release_freed_memory, run_record, write_json
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.figures import save_sample_grid
 
@@ -70,6 +70,7 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
         t = time.time()
         cfg = demo_config(protected, encoder, epochs, limit_train, limit_test, seed)
         train_classifier(cfg, out / name, progress=progress)
+        release_freed_memory()  # what training freed, before the next stage
         timings[f"{name}_seconds"] = round(time.time() - t, 1)
 
     t = time.time()
