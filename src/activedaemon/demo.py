@@ -12,7 +12,7 @@ from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.evaluate.report import thieves_section, write_report
 from activedaemon.protect import train_classifier
 from activedaemon.protect.config import ProtectConfig, resolve_config
-from activedaemon.runs import finished_run, run_record, write_json
+from activedaemon.runs import finished_run, release_freed_memory, run_record, write_json
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.figures import save_sample_grid
 from activedaemon.tokens.generator import is_shipped_encoder
@@ -86,6 +86,7 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
         t = time.time()
         if not finished_run(out / name, cfg):  # a rerun keeps what already finished
             train_classifier(cfg, out / name, progress=progress)
+            release_freed_memory()  # what training freed, before the next stage
         timings[f"{name}_seconds"] = round(time.time() - t, 1)
 
     t = time.time()

@@ -17,7 +17,7 @@ import torch
 from activedaemon.data import load_dataset
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import round_8bit_
-from activedaemon.metrics import accuracy, gaussian_fake_tokens, image_quality
+from activedaemon.metrics import accuracy, gaussian_fake_tokens, image_quality, lpips_status
 from activedaemon.protect.checkpoint import load_classifier, load_protected
 from activedaemon.runs import git_commit
 from activedaemon.tokens import TokenGenerator
@@ -43,6 +43,7 @@ def evaluate_protection(
 ) -> dict:
     """The metrics of a protected run, plus a per-user table of 18 ids (9 printable-ASCII,
     9 alphanumeric, as Table VIII). ``encoder`` defaults to the one on the model's card."""
+    lpips_status()  # tried first: its backbone (AlexNet) is built while little else is held
     model, gen = load_protected(model_run, encoder, force=force_encoder)
     encoder = encoder or model.card["encoder"]
     card = model.card
@@ -75,16 +76,18 @@ def evaluate_protection(
     results["A_or"] = accuracy(load_classifier(clean_run), x, y) if clean_run else None
     results["A_od"] = results["A_ad"] - results["A_or"] if clean_run else None
     results["A_pd"] = results["A_ad"] - results["A_ud"]
+    # The fake-token rows first, so that the tokens are freed before decoding: x + fake token,
+    # rounded to 8 bits, made in place (one test-set-sized tensor at a time).
+    fake = torch.add(x, gaussian_fake_tokens(tokens, seed))
+    fake_rows = {"A_td_gaussian": accuracy(model, round_8bit_(fake), y)}
+    fake = torch.add(x, tokens.roll(1, dims=0), out=fake)
+    fake_rows["A_td_mismatched"] = accuracy(model, round_8bit_(fake), y)
+    del fake, tokens
     decoding = decoding_metrics(gen, authorized, ids, codewords)
     results["A_dec"] = decoding["A_dec"]
     results["exact_id_rate"] = decoding["exact_id_rate"]
     results.update(image_quality(authorized, x))
-    # x + fake token, rounded to 8 bits, made in place (one test-set-sized tensor at a time).
-    fake = torch.add(x, gaussian_fake_tokens(tokens, seed))
-    results["A_td_gaussian"] = accuracy(model, round_8bit_(fake), y)
-    fake = torch.add(x, tokens.roll(1, dims=0), out=fake)
-    results["A_td_mismatched"] = accuracy(model, round_8bit_(fake), y)
-    del fake
+    results.update(fake_rows)
     results["per_user"] = (
         per_user_table(model, gen, x[:per_user_images], y[:per_user_images], seed)
         if per_user_images

@@ -203,6 +203,7 @@ def _make_kinds(out: torch.Tensor, parts: dict[str, torch.Tensor], ctx: KindCont
         if len(idx):
             made = SAMPLE_KINDS[name](idx, ctx)
             out[idx] = to_uint8_rows(made) if out.dtype == torch.uint8 else made.clamp(0, 1)
+            del made  # before the next kind makes its images
 
 
 def _cache_key(maker_bytes: bytes, cfg: PoisonConfig, images: torch.Tensor) -> str:

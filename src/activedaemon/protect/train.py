@@ -57,6 +57,7 @@ from activedaemon.protect.stream import StreamTrainingSet, build_stream_set
 from activedaemon.runs import (
     WEIGHTS_FILE,
     finished_run,
+    release_freed_memory,
     run_record,
     seed_everything,
     write_json,
@@ -270,6 +271,7 @@ def train_classifier(
     seed_everything(cfg.seed)
     val_maker = tokens.embed if tokens else None
     data = build_training_set(cfg, token_maker, val_maker=val_maker, encoder=tokens)
+    release_freed_memory()  # the set's temporaries, before training allocates its own
     kind = "protect" if cfg.protected else "train-clean"
     record = run_record(out, kind, cfg, cfg.seed) if rank == 0 else contextlib.nullcontext()
     with record as rec:
