@@ -238,8 +238,11 @@ def main() -> None:
         train("clean", {}, args, protected=False)
         return
     if args.merge:
-        rows = [r for f in args.merge for r in merged_rows(f)]
-        write_tables(rows, args)
+        with run_record(
+            args.out, "benchmark-dormancy-frontier-merge", vars(args), args.seed
+        ) as rec:
+            rows = [r for f in args.merge for r in merged_rows(f)]
+            rec.metrics = {"rows": write_tables(rows, args)}
         return
     names = [s for s in args.settings.split(",") if s]
     unknown = set(names) - set(SETTINGS)
