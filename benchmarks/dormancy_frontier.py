@@ -275,7 +275,8 @@ def merged_rows(folder: Path) -> list[dict]:
         return json.loads((folder / "frontier.json").read_text())["rows"]
     results = json.loads((folder / "results.json").read_text())
     thieves = json.loads((folder / "thieves.json").read_text())
-    row = {"setting": f"{results['recipe']} (demo)", "overrides": {}, "audit_settings": "quick"}
+    # The folder's name is the setting's (the demo of another recipe is named by its folder).
+    row = {"setting": f"{folder.name} (demo run)", "overrides": {}, "audit_settings": "quick"}
     keys = ("A_or", "A_ad", "A_ud", "A_od", "A_td_gaussian", "A_td_mismatched", "encoder")
     row.update({k: results[k] for k in keys})
     by_thief = {}
