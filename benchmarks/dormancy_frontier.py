@@ -276,7 +276,9 @@ def merged_rows(folder: Path) -> list[dict]:
     results = json.loads((folder / "results.json").read_text())
     thieves = json.loads((folder / "thieves.json").read_text())
     # The folder's name is the setting's (the demo of another recipe is named by its folder).
-    row = {"setting": f"{folder.name} (demo run)", "overrides": {}, "audit_settings": "quick"}
+    tested = f"{results['test_images']:,} test images"
+    row = {"setting": f"{folder.name} (demo run, {tested})", "audit_settings": "quick"}
+    row["overrides"] = {}
     keys = ("A_or", "A_ad", "A_ud", "A_od", "A_td_gaussian", "A_td_mismatched", "encoder")
     row.update({k: results[k] for k in keys})
     by_thief = {}
@@ -309,7 +311,7 @@ def write_tables(rows: list[dict], args: argparse.Namespace) -> list[dict]:
         writer.writeheader()
         writer.writerows(rows)
     save_figure(rows, args.out / "frontier.png")
-    return [{k: r[k] for k in keys} for r in rows]
+    return [{k: r.get(k) for k in keys} for r in rows]
 
 
 if __name__ == "__main__":
