@@ -460,7 +460,9 @@ def frontier_page() -> str | None:
         "what a thief who holds the weights and no token gains over its honest alternative "
         "(chance, random weights, scratch or kNN on the same labels). Thieves: "
         f"{rows[0].get('audit_settings', 'full')} audit settings "
-        "([the lock audit](../guides/lock-audit.md)). Accuracies in %, gains in points.\n",
+        "([the lock audit](../guides/lock-audit.md)). Accuracies in %, gains in points. The "
+        "shipped recipe, `cpu-recommended`, is the `warm` setting; each row's own run.json "
+        "records the commit that trained and measured it.\n",
         provenance("frontier", run, "docs/results/data/frontier/frontier.json"),
         "| setting | " + " | ".join(label for _, label in FRONTIER_COLUMNS) + " | by |",
         "|---|" + "---|" * (len(FRONTIER_COLUMNS) + 1),
