@@ -69,9 +69,10 @@ def test_an_explicit_epoch_count_is_exact(capsys):
     from activedaemon.cli.training import training_config
 
     def config(*argv):
-        return training_config(build_parser().parse_args(["protect", "--out", "x", *argv]), True)
+        argv = ["protect", "--out", "x", "--preset", "cpu-small", *argv]
+        return training_config(build_parser().parse_args(argv), True)
 
-    assert config().min_steps == 2000  # the default preset's rule
+    assert config().min_steps == 2000  # cpu-small's rule
     assert (config("--epochs", "2").epochs, config("--epochs", "2").min_steps) == (2, 0)
     assert config("--epochs", "2", "--set", "min_steps=100").min_steps == 100
 
