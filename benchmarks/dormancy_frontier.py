@@ -42,11 +42,10 @@ TRANSIT_KEYS = [
 ]
 UNIFORM = {"objective": "uniform"}
 CLEAN = "<this run's clean baseline>"
-# The warm start: the owner's clean model, the JPEG-trained encoder, uniform targets and the
-# feature term, gamma 0.5, two epochs at lr 0.02.
-WARM = {
-    **UNIFORM,
-    "dormancy": {"weight": 1.0},
+# A warm start: the owner's clean model, the JPEG-trained encoder and transit-robust tokens,
+# gamma 0.5, two epochs at lr 0.02; WARM adds uniform targets and the feature term (it is
+# cpu-recommended).
+TRANSIT_WARM = {
     "encoder": TRANSIT_ENCODER,
     "init_from": CLEAN,
     "transit": {"fraction": 0.3},
@@ -54,6 +53,7 @@ WARM = {
     "lr": 0.02,
     "epochs": 2,
 }
+WARM = {**UNIFORM, "dormancy": {"weight": 1.0}, **TRANSIT_WARM}
 SETTINGS = {
     "paper": {},  # Algorithm 2 as the cpu-small preset has it: single hard target
     "uniform": UNIFORM,
@@ -83,14 +83,7 @@ SETTINGS = {
         "transit": {"fraction": 0.3},
         "poison": {"gamma": 0.5},
     },
-    "from-clean+transit-encoder+gamma0.5-lr0.02-2ep": {
-        "encoder": TRANSIT_ENCODER,
-        "init_from": CLEAN,
-        "transit": {"fraction": 0.3},
-        "poison": {"gamma": 0.5},
-        "lr": 0.02,
-        "epochs": 2,
-    },
+    "from-clean+transit-encoder+gamma0.5-lr0.02-2ep": TRANSIT_WARM,
     "from-clean+uniform+dormancy+transit-encoder+gamma0.5-lr0.02-2ep": WARM,
     "warm": WARM,
     # Levers against the active thieves (per-query wake-up, universal keys): the worst

@@ -74,12 +74,17 @@ def linear_probe(
         return 100.0 * ((b @ w + bias).argmax(1) == test_y).float().mean().item()
 
 
+def dormant_class(logits: torch.Tensor) -> int:
+    """The class the model gives most of these (clean) inputs: what a thief sees as dormancy."""
+    return int(logits.argmax(1).mode().values)
+
+
 @torch.no_grad()
 def runner_up(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, int]:
     """The output-level leak: mask the class the model gives most often (the thief sees it on its
     own clean images, no labels needed), take the rest's ranking. Returns (% where the top of the
     rest is the true label, % where the true label is in the rest's top 3, the masked class)."""
-    masked = int(logits.argmax(1).mode().values)
+    masked = dormant_class(logits)
     rest = logits.clone()
     rest[:, masked] = -math.inf
     top3 = rest.topk(3, dim=1).indices
@@ -121,7 +126,7 @@ def _best_probes(models: list[nn.Module], *args) -> dict[tuple[str, int], float]
     return {key: max(r[key] for r in runs) for key in runs[0]}
 
 
-def _best_fit(ctx: AttackContext, start: nn.Module, x, y, epochs: int, lrs) -> float:
+def best_fit(ctx: AttackContext, start: nn.Module, x, y, epochs: int, lrs) -> float:
     """Clean test accuracy (%) after training a copy of ``start`` on (x, y), best over ``lrs``."""
     return max(
         ctx.acc(
@@ -214,8 +219,8 @@ def dormancy(
         series[f"random weights, {p:g} % labels"] = [alt[n, pools[0]] for n in names]
         # Fine-tuning vs scratch, same data, epochs and steps; each side its best learning rate.
         ep = max(epochs, math.ceil(min_steps / math.ceil(n / 128)))
-        tuned = _best_fit(ctx, ctx.model, x, y, ep, lrs)
-        scratch = _best_fit(ctx, random_model, x, y, ep, lrs)
+        tuned = best_fit(ctx, ctx.model, x, y, ep, lrs)
+        scratch = best_fit(ctx, random_model, x, y, ep, lrs)
         metrics[f"finetune_{tag}"], metrics[f"scratch_{tag}"] = tuned, scratch
         gains[f"finetune_{tag}"] = tuned - scratch
         table.append(_row("full fine-tuning", p, "all", tuned, "from scratch", scratch))

@@ -28,17 +28,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack
+from activedaemon.attacks.dormancy import best_fit, dormant_class
 from activedaemon.attacks.reverse import attacker_data, universal_perturbation
-from activedaemon.attacks.training import fit, fresh_like
+from activedaemon.attacks.training import fresh_like
 from activedaemon.protect.adversarial import project, project_l2
 
 GAIN_LIMIT = 3.0  # points a few-label thief may gain over its honest alternative
 LABEL_FREE_LIMIT = 10.0  # points a label-free thief may gain over A_ud
-
-
-def dormant_class(logits: torch.Tensor) -> int:
-    """The class the model gives most of these (clean) inputs: what a thief sees as dormancy."""
-    return int(logits.argmax(1).mode().values)
 
 
 def _mask(logits: torch.Tensor, cls: int | None) -> torch.Tensor:
@@ -221,19 +217,12 @@ def knn_accuracy(
 
 def scratch_accuracy(ctx: AttackContext, x, y, epochs: int, lrs) -> float:
     """Clean test accuracy (%) of the protected model's architecture trained from scratch on
-    (x, y), best over ``lrs``; memoised on the context, so that every thief of a run that uses
-    the same labelled images is measured against the same alternative."""
+    (x, y), best over ``lrs`` (the dormancy audit's fit); memoised on the context, so that every
+    thief of a run that uses the same labelled images is measured against the same alternative."""
     key = ("scratch", len(x), epochs, tuple(lrs))
     if key not in ctx.memo:
         torch.manual_seed(ctx.seed)
-        start = fresh_like(ctx.model)
-        ctx.memo[key] = max(
-            ctx.acc(
-                ctx.test_x,
-                model=fit(copy.deepcopy(start), x, y, epochs=epochs, lr=lr, seed=ctx.seed),
-            )
-            for lr in lrs
-        )
+        ctx.memo[key] = best_fit(ctx, fresh_like(ctx.model), x, y, epochs, lrs)
     return ctx.memo[key]
 
 
