@@ -18,6 +18,7 @@ from activedaemon.imageio import jpeg_round_trip as jpeg
 from activedaemon.metrics import gaussian_fake_tokens
 from activedaemon.protect import ProtectConfig, train_classifier
 from activedaemon.protect.adversarial import AdversarialConfig, UniversalNegatives, project
+from activedaemon.protect.objectives import information_maximisation
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,29 @@ def test_cli_attack_writes_json_figures_and_report(toy_runs, tiny_encoder, tmp_p
     assert main(["attack", "nope", "--model", str(toy_runs[0])]) == 2
 
 
+def test_label_free_pool_attacker_lowers_information_maximisation():
+    """With ``objective: im`` the pool is trained as the label-free thief trains its key: its
+    loss falls on a fixed model, whatever labels the rows carry."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10))
+    model[1].weight.data *= 20  # outputs that a change inside the budget can move
+    cfg = AdversarialConfig(fraction=1.0, pool=1, step=0.2, budget_scale=1.0, objective="im")
+    neg = UniversalNegatives(cfg, (3, 8, 8), 0.3, 3.0, seed=0, device=torch.device("cpu"))
+    x, unauth = torch.rand(32, 3, 8, 8), torch.ones(32, dtype=torch.bool)
+    wrong = torch.randint(10, (32,))
+
+    def im_loss():
+        with torch.no_grad():
+            return information_maximisation(model((x + neg.pool[0]).clamp(0, 1))).item()
+
+    before = im_loss()
+    for _ in range(10):
+        new, rows, j, delta = neg.perturb(x, unauth)
+        neg.update(j, delta, model(new)[rows], wrong[rows])
+    assert im_loss() < before - 0.05
+    assert neg.pool.abs().max() <= 0.3 + 1e-6
+
+
 def test_adversarial_negatives_stay_in_budget_and_train(tiny_encoder, tmp_path):
     cfg = AdversarialConfig(fraction=0.5, pool=3, step=0.5, budget_scale=1.0)
     neg = UniversalNegatives(cfg, (3, 8, 8), 0.1, 0.5, seed=0, device=torch.device("cpu"))
@@ -170,6 +194,8 @@ def test_adversarial_negatives_stay_in_budget_and_train(tiny_encoder, tmp_path):
     assert (neg.pool.flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
     with pytest.raises(ValueError, match="fraction"):
         ProtectConfig.from_dict({"adversarial": {"fraction": 2}})
+    with pytest.raises(ValueError, match="objective"):
+        ProtectConfig.from_dict({"adversarial": {"fraction": 0.5, "objective": "nope"}})
     cfg = ProtectConfig.from_dict(
         {"limit_train": 300, "limit_test": 50, "width": 4, "epochs": 1, "batch_size": 64,
          "encoder": str(tiny_encoder[1]), "adversarial": {"fraction": 0.5}}

@@ -12,7 +12,6 @@ from activedaemon.attacks import run_attack
 from activedaemon.attacks.audit import thief_audit
 from activedaemon.attacks.suite import load_context
 from activedaemon.attacks.wake import (
-    information_maximisation,
     knn_accuracy,
     label_free_key,
     per_query_wakeup,
@@ -22,6 +21,7 @@ from activedaemon.data import load_dataset
 from activedaemon.evaluate.report import thieves_section, write_report
 from activedaemon.metrics import accuracy
 from activedaemon.protect import ProtectConfig, train_classifier
+from activedaemon.protect.objectives import information_maximisation
 from activedaemon.protect.models import build_classifier
 from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
 from activedaemon.protect.pieces import PieceEnv

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack
+from activedaemon.protect.objectives import information_maximisation
 from activedaemon.attacks.dormancy import best_fit, dormant_class
 from activedaemon.attacks.reverse import attacker_data, universal_perturbation
 from activedaemon.attacks.training import fresh_like
@@ -90,15 +91,6 @@ def per_query_wakeup(
                 best[better], best_conf[better] = moved[better], conf[better]
         out.append(best.cpu())
     return torch.cat(out)
-
-
-def information_maximisation(logits: torch.Tensor) -> torch.Tensor:
-    """SHOT's loss: mean entropy of the predictions (low: confident) minus the entropy of their
-    mean (high: diverse over the batch)."""
-    p = logits.softmax(1)
-    per_image = -(p * p.clamp(min=1e-8).log()).sum(1).mean()
-    mean = p.mean(0)
-    return per_image + (mean * mean.clamp(min=1e-8).log()).sum()
 
 
 def label_free_key(

@@ -1,9 +1,11 @@
 """Adversarial negatives: the defence against reverse-engineered (universal) wake-up keys.
 
 During protection training a small pool of universal perturbations, each inside the real tokens'
-L-inf and L2 size, is trained *as the attacker would* (gradient steps towards the true labels on
-unauthorized samples, as the ``reverse`` attack does), and is added to some unauthorized samples of
-every batch, which keep their changed labels. The model so learns that a perturbation of a
+L-inf and L2 size, is trained *as the attacker would*, and is added to some unauthorized samples
+of every batch, which keep their changed labels. The attacker's objective is the thief's:
+``labels`` (cross-entropy to the true labels, as the ``reverse`` attack does) or ``im``
+(information maximisation, the label-free universal key of the ``wake`` attack: confident per
+image and diverse over the batch, no labels at all). The model so learns that a perturbation of a
 token's size that is not a real token does not wake it (universal adversarial training, Shafahi et
 al., AAAI 2020, turned around: here the adversary wants the *right* answer).
 """
@@ -15,9 +17,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from activedaemon.protect.objectives import TrainBatch
+from activedaemon.protect.objectives import TrainBatch, information_maximisation
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece
 from activedaemon.protect.poison import AUTHORIZED
+
+
+# What the pool's attacker lowers, from the perturbed rows' logits and their true labels.
+ATTACKER_LOSSES = {
+    "labels": lambda logits, true_labels: F.cross_entropy(logits.float(), true_labels),
+    "im": lambda logits, true_labels: information_maximisation(logits),
+}
 
 
 @dataclass
@@ -28,12 +37,18 @@ class AdversarialConfig:
     pool: int = 8  # universal perturbations trained side by side
     step: float = 0.05  # each update moves a perturbation by step * (its L-inf budget) per pixel
     budget_scale: float = 1.5  # budget relative to the median real token (margin over the attack)
+    objective: str = "labels"  # the pool's attacker: "labels" (true labels) or "im" (none)
 
     def validate(self) -> None:
         if not 0 <= self.fraction <= 1:
             raise ValueError(f"adversarial.fraction must be in [0, 1], got {self.fraction}")
         if self.pool < 1 or self.step <= 0 or self.budget_scale <= 0:
             raise ValueError("adversarial.pool >= 1, step > 0 and budget_scale > 0 are required")
+        if self.objective not in ATTACKER_LOSSES:
+            raise ValueError(
+                f"adversarial.objective must be one of {sorted(ATTACKER_LOSSES)}, "
+                f"got {self.objective!r}"
+            )
 
 
 def token_budget(tokens: torch.Tensor) -> tuple[float, float]:
@@ -86,8 +101,8 @@ class UniversalNegatives:
         return x, rows, j, delta
 
     def update(self, j: int, delta: torch.Tensor, logits_rows, true_labels_rows) -> None:
-        """One attacker step on pool member j: lower the cross-entropy to the true labels."""
-        loss = F.cross_entropy(logits_rows.float(), true_labels_rows)
+        """One attacker step on pool member j: lower the attacker's loss on the rows."""
+        loss = ATTACKER_LOSSES[self.cfg.objective](logits_rows, true_labels_rows)
         (grad,) = torch.autograd.grad(loss, delta, retain_graph=True)
         with torch.no_grad():
             moved = self.pool[j] - self.cfg.step * self.linf * grad.sign()

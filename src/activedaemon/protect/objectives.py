@@ -39,6 +39,16 @@ OBJECTIVES: Registry[Objective] = Registry("objective", ("activedaemon.protect.r
 
 
 @OBJECTIVES.register("poison")
+def information_maximisation(logits: torch.Tensor) -> torch.Tensor:
+    """SHOT's loss (Liang et al., ICML 2020), what a thief with no labels minimises: mean entropy
+    of the predictions (low: confident) minus the entropy of their mean (high: diverse over the
+    batch)."""
+    p = logits.float().softmax(1)
+    per_image = -(p * p.clamp(min=1e-8).log()).sum(1).mean()
+    mean = p.mean(0)
+    return per_image + (mean * mean.clamp(min=1e-8).log()).sum()
+
+
 def poison_objective(b: TrainBatch, penalty_lambda: float) -> torch.Tensor:
     return F.cross_entropy(b.logits, b.labels)
 
