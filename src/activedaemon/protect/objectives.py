@@ -38,7 +38,6 @@ Objective = Callable[[TrainBatch, float], torch.Tensor]
 OBJECTIVES: Registry[Objective] = Registry("objective", ("activedaemon.protect.registered",))
 
 
-@OBJECTIVES.register("poison")
 def information_maximisation(logits: torch.Tensor) -> torch.Tensor:
     """SHOT's loss (Liang et al., ICML 2020), what a thief with no labels minimises: mean entropy
     of the predictions (low: confident) minus the entropy of their mean (high: diverse over the
@@ -49,6 +48,7 @@ def information_maximisation(logits: torch.Tensor) -> torch.Tensor:
     return per_image + (mean * mean.clamp(min=1e-8).log()).sum()
 
 
+@OBJECTIVES.register("poison")
 def poison_objective(b: TrainBatch, penalty_lambda: float) -> torch.Tensor:
     return F.cross_entropy(b.logits, b.labels)
 
