@@ -37,7 +37,7 @@ from activedaemon.serve.authid import AuthIdScheme
 from activedaemon.serve.console import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
-    console_router,
+    mount_console,
     usage_chart_svg,
     window_edges,
 )
@@ -200,7 +200,7 @@ def test_sign_in_cookie_expiry_and_sign_out(console, tmp_path, served_run, gener
 
     # Over TLS the cookie is Secure; sessions expire.
     app = FastAPI()
-    app.include_router(console_router(gate, ADMIN_KEY, session_seconds=1))
+    mount_console(app, gate, ADMIN_KEY, session_seconds=1)
     with TestClient(app, base_url="https://testserver") as tls:
         form = tls.get("/console/login")
         assert "secure" in form.headers["set-cookie"].lower()

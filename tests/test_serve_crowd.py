@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from activedaemon.serve.app import create_app
-from activedaemon.serve.console import console_router
+from activedaemon.serve.console import mount_console
 from activedaemon.serve.gate import Limits
 from activedaemon.serve.guard import KeyGuard
 from activedaemon.serve.policy import ServiceSettings
@@ -198,7 +198,7 @@ def test_console_sessions_live_in_the_registry(db_url, tiny_protected, generator
     assert stored == [hashlib.sha256(sid.encode()).hexdigest()] and sid not in stored
     # Idle for longer than the idle time: signed out.
     app = FastAPI()
-    app.include_router(console_router(gate, ADMIN_KEY, idle_seconds=0.5))
+    mount_console(app, gate, ADMIN_KEY, idle_seconds=0.5)
     with TestClient(app) as client:
         console_sign_in(client)
         assert client.get("/console/users", follow_redirects=False).status_code == 200

@@ -387,7 +387,7 @@ def create_app(
     for router in (queries, owner, operations):
         app.include_router(router)
 
-    from activedaemon.serve.console import console_router  # the owner's web console, /console
+    from activedaemon.serve.console import mount_console  # the owner's web console, /console
 
-    app.include_router(console_router(gate, admin_key, keys=keys, refusals=refusals))
+    mount_console(app, gate, admin_key, keys=keys, refusals=refusals)
     return app

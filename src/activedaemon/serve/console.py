@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 from urllib.parse import urlencode
 
 import yaml
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -42,7 +43,7 @@ from activedaemon import __version__
 from activedaemon.serve.gate import Gatekeeper
 from activedaemon.serve.guard import KeyGuard, RefusalLog, client_of
 from activedaemon.serve.policy import retry_after
-from activedaemon.serve.registry import NO_USER, Registry, UserExists, UserNotFound
+from activedaemon.serve.registry import NO_USER, Registry, UserNotFound
 
 log = logging.getLogger(__name__)
 
@@ -315,11 +316,17 @@ def model_records(run: Path | None) -> dict:
     }
 
 
-# -- the router ---------------------------------------------------------------------------------
+# -- request parsing ----------------------------------------------------------------------------
 class _Refused(Exception):
+    """A request the console turns down with a page that says why."""
+
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
+
+
+class _SignInFirst(Exception):
+    """A page asked for without a live session: the answer is the sign-in page."""
 
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -354,32 +361,24 @@ def _page_number(text: str | None) -> int:
     return min(max(1, int(text)), MAX_PAGE)
 
 
+def _user_param(request: Request) -> str | None:
+    user = request.query_params.get("user")
+    if user is None or user == "*":
+        return None
+    return NO_USER if user == "(none)" else user[:8]
+
+
+def _window(request: Request) -> str:
+    window = request.query_params.get("window", DEFAULT_WINDOW)
+    return window if window in WINDOWS else DEFAULT_WINDOW
+
+
 def _fmt_time(t: datetime | None) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if t else ""
 
 
-def console_router(
-    gate: Gatekeeper,
-    admin_key: str,
-    *,
-    model_run: str | Path | None = None,
-    session_seconds: float = SESSION_SECONDS,
-    idle_seconds: float = IDLE_SECONDS,
-    keys: KeyGuard | None = None,
-    refusals: RefusalLog | None = None,
-) -> APIRouter:
-    """The console's routes (mount with ``app.include_router``). ``model_run``: the served
-    model's run folder, for the model page (default: the folder the classifier was loaded from).
-    ``keys`` and ``refusals``: the service's admin-key rationing and refusal audit (its own
-    when absent)."""
-    if not admin_key:
-        raise ValueError("an admin key is required")
-    registry = gate.registry
-    keys = keys or KeyGuard(admin_key)
-    refusals = refusals or RefusalLog(registry)
-    run = model_run if model_run is not None else getattr(gate.model, "run_folder", None)
-    sessions = Sessions(registry, session_seconds, idle_seconds)
-    static = resources.files("activedaemon.serve") / "static"
+# -- what the routes share ----------------------------------------------------------------------
+def _templates() -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(resources.files("activedaemon.serve") / "templates")),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -392,350 +391,401 @@ def console_router(
         outcome_word=lambda o: OUTCOMES.get(o, ("", "recorded by the service"))[1],
         urlencode=urlencode,
     )
-    router = APIRouter(prefix=PREFIX, include_in_schema=False)
+    return env
 
-    def _cookie_args(request: Request) -> dict:
-        return {
-            "httponly": True,
-            "samesite": "strict",
-            "path": PREFIX,
-            "secure": request.url.scheme == "https",
-        }
 
-    def _page(
-        request: Request, template: str, status: int = 200, session=None, once=(), **ctx
+TEMPLATES = _templates()
+STATIC = resources.files("activedaemon.serve") / "static"
+
+
+@dataclass
+class Console:
+    """The console of one app (``app.state.console``): the gate it acts through, the admin-key
+    rationing and refusal audit it shares with the API, its sessions and the served model's
+    run folder."""
+
+    gate: Gatekeeper
+    keys: KeyGuard
+    refusals: RefusalLog
+    sessions: Sessions
+    run: Path | None
+    session_seconds: float
+
+    @property
+    def registry(self) -> Registry:
+        return self.gate.registry
+
+    def page(
+        self, request: Request, template: str, status: int = 200, session=None, once=(), **ctx
     ) -> Response:
         """A page; ``once``: messages for this answer only (never stored)."""
-        flash = sessions.take_flash(session) if session is not None else []
-        flash = [*flash, *once]
-        html = env.get_template(template).render(
-            request=request, session=session, flash=flash, **ctx
+        flash = self.sessions.take_flash(session) if session is not None else []
+        html = TEMPLATES.get_template(template).render(
+            request=request, session=session, flash=[*flash, *once], **ctx
         )
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
-    def _to(path: str) -> RedirectResponse:
-        return RedirectResponse(PREFIX + path, status_code=303, headers=SECURITY_HEADERS)
-
-    def _session(request: Request) -> ConsoleSession | None:
-        return sessions.get(request.cookies.get(SESSION_COOKIE))
-
-    async def _form(request: Request, session: ConsoleSession) -> dict[str, str]:
-        """The posted form, after its CSRF token is checked against the session's."""
-        form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
-        token = form.get("csrf", "")
-        if not token or not hmac.compare_digest(token.encode(), session.csrf.encode()):
-            raise _Refused(403, "the form's CSRF token is missing or wrong; reload the page")
-        return form
-
-    def _refused(request: Request, e: _Refused, session=None) -> Response:
-        log.info("console: refused %s %s (%d)", request.method, request.url.path, e.status)
-        return _page(request, "refused.html", e.status, session=session, reason=e.reason)
-
-    # -- assets, sign-in and sign-out ----------------------------------------------------------
-    @router.get("/static/{name}")
-    def asset(name: str) -> Response:
-        types = {".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}
-        path = static / name
-        if "/" in name or name.startswith(".") or Path(name).suffix not in types:
-            return Response(status_code=404)
-        if not path.is_file():
-            return Response(status_code=404)
-        return Response(
-            path.read_bytes(),
-            media_type=types[Path(name).suffix],
-            headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"},
-        )
-
-    def _login_page(request: Request, status: int = 200, error: str = "") -> Response:
-        token = secrets.token_urlsafe(32)
-        response = _page(request, "login.html", status, login_csrf=token, error=error)
-        response.set_cookie(
-            LOGIN_COOKIE, token, max_age=LOGIN_FORM_SECONDS, **_cookie_args(request)
-        )
-        return response
-
-    @router.get("/login")
-    def login_form(request: Request) -> Response:
-        if _session(request) is not None:
-            return _to("/")
-        return _login_page(request)
-
-    @router.post("/login")
-    async def login(request: Request) -> Response:
-        started, client = time.perf_counter(), client_of(request.scope)
-        form = await request.form()
-        token, cookie = str(form.get("csrf", "")), request.cookies.get(LOGIN_COOKIE, "")
-        if not token or not cookie or not hmac.compare_digest(token.encode(), cookie.encode()):
-            return _refused(
-                request,
-                _Refused(
-                    403,
-                    "the sign-in form's CSRF token is missing or wrong; reload the sign-in page",
-                ),
-            )
-        key = str(form.get("key", ""))
-        verdict, wait = keys.check(client, key)
-        if verdict == "throttled":
-            await refusals.refuse(client, started, 0, "key_throttled",
-                                  "admin key not checked; console sign-in")  # fmt: skip
-            return _login_page(request, 429, "Too many wrong keys: try again in "
-                               f"{retry_after(wait)} s.")  # fmt: skip
-        if verdict == "wrong":
-            log.warning("console: failed sign-in from %s", client)
-            await refusals.refuse(client, started, 0, "bad_key", "wrong admin key; console sign-in")
-            await asyncio.sleep(FAILED_SIGN_IN_DELAY)
-            return _login_page(request, 401, "That is not the admin key.")
-        sid, session = await run_in_threadpool(sessions.create)
-        log.info("console: signed in")
-        response = _to("/")
-        response.set_cookie(
-            SESSION_COOKIE, sid, max_age=int(session_seconds), **_cookie_args(request)
-        )
-        response.delete_cookie(LOGIN_COOKIE, **_cookie_args(request))
-        return response
-
-    @router.post("/logout")
-    async def logout(request: Request) -> Response:
-        session = await run_in_threadpool(_session, request)
-        if session is None:
-            return _to("/login")
-        try:
-            await _form(request, session)
-        except _Refused as e:
-            return _refused(request, e, session)
-        await run_in_threadpool(sessions.drop, request.cookies.get(SESSION_COOKIE))
-        log.info("console: signed out")
-        response = _to("/login")
-        response.delete_cookie(SESSION_COOKIE, **_cookie_args(request))
-        return response
-
-    # -- pages ---------------------------------------------------------------------------------
-    def _usage_ctx(user: str | None, window: str) -> dict:
+    def usage(self, user: str | None, window: str) -> dict:
+        """The usage summary of one user (all when None) over a chart window."""
         edges = window_edges(window)
-        counts = registry.usage_over_time(edges, user)
-        totals = {o: sum(counts[o]) for o in ordered_outcomes(counts)}
+        counts = self.registry.usage_over_time(edges, user)
         return {
             "window": window,
             "windows": list(WINDOWS),
-            "totals": totals,
+            "totals": {o: sum(counts[o]) for o in ordered_outcomes(counts)},
             "since": edges[0],
             "until": edges[-1],
             "chart": f"{PREFIX}/usage.svg?"
             + urlencode({"window": window, **({"user": user} if user is not None else {})}),
         }
 
-    @router.get("/")
-    def overview(request: Request) -> Response:
-        session = _session(request)
-        if session is None:
-            return _to("/login")
-        ctx = _usage_ctx(None, DEFAULT_WINDOW)
-        return _page(
-            request,
-            "overview.html",
-            session=session,
-            page="overview",
-            ids=gate.describe_ids(),
-            dialect=registry.dialect,
-            n_users=registry.count_users(),
-            n_active=registry.count_active_users(),
-            **ctx,
+
+def _to(path: str) -> RedirectResponse:
+    return RedirectResponse(PREFIX + path, status_code=303, headers=SECURITY_HEADERS)
+
+
+def _cookie_args(request: Request) -> dict:
+    secure = request.url.scheme == "https"
+    return {"httponly": True, "samesite": "strict", "path": PREFIX, "secure": secure}
+
+
+# -- dependencies -------------------------------------------------------------------------------
+def get_console(request: Request) -> Console:
+    return request.app.state.console
+
+
+ConsoleDep = Annotated[Console, Depends(get_console)]
+
+
+def current_session(request: Request, console: ConsoleDep) -> ConsoleSession | None:
+    """The browser's live session, if any (kept on the request for the refusal page)."""
+    session = console.sessions.get(request.cookies.get(SESSION_COOKIE))
+    request.state.console_session = session
+    return session
+
+
+def signed_in(
+    session: Annotated[ConsoleSession | None, Depends(current_session)],
+) -> ConsoleSession:
+    if session is None:
+        raise _SignInFirst
+    return session
+
+
+SessionDep = Annotated[ConsoleSession, Depends(signed_in)]
+
+
+async def checked_form(request: Request, session: SessionDep) -> dict[str, str]:
+    """The posted form, after its CSRF token is checked against the session's."""
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    token = form.get("csrf", "")
+    if not token or not hmac.compare_digest(token.encode(), session.csrf.encode()):
+        raise _Refused(403, "the form's CSRF token is missing or wrong; reload the page")
+    return form
+
+
+FormDep = Annotated[dict[str, str], Depends(checked_form)]
+
+
+async def _refused(request: Request, e: _Refused) -> Response:
+    log.info("console: refused %s %s (%d)", request.method, request.url.path, e.status)
+    session = getattr(request.state, "console_session", None)
+    page = request.app.state.console.page
+    status, reason = e.status, e.reason
+    return await run_in_threadpool(page, request, "refused.html", status, session, reason=reason)
+
+
+async def _sign_in_first(_request: Request, _e: _SignInFirst) -> Response:
+    return _to("/login")
+
+
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+
+def mount_console(
+    app: FastAPI,
+    gate: Gatekeeper,
+    admin_key: str,
+    *,
+    model_run: str | Path | None = None,
+    session_seconds: float = SESSION_SECONDS,
+    idle_seconds: float = IDLE_SECONDS,
+    keys: KeyGuard | None = None,
+    refusals: RefusalLog | None = None,
+) -> None:
+    """Add the console to ``app`` under :data:`PREFIX`. ``model_run``: the served model's run
+    folder, for the model page (default: the folder the classifier was loaded from). ``keys``
+    and ``refusals``: the service's admin-key rationing and refusal audit (its own when
+    absent)."""
+    if not admin_key:
+        raise ValueError("an admin key is required")
+    run = model_run if model_run is not None else getattr(gate.model, "run_folder", None)
+    app.state.console = Console(
+        gate=gate,
+        keys=keys or KeyGuard(admin_key),
+        refusals=refusals or RefusalLog(gate.registry),
+        sessions=Sessions(gate.registry, session_seconds, idle_seconds),
+        run=Path(run) if run is not None else None,
+        session_seconds=session_seconds,
+    )
+    app.add_exception_handler(_Refused, _refused)
+    app.add_exception_handler(_SignInFirst, _sign_in_first)
+    app.include_router(router)
+
+
+# -- assets, sign-in and sign-out ---------------------------------------------------------------
+@router.get("/static/{name}")
+def asset(name: str) -> Response:
+    types = {".css": "text/css", ".svg": "image/svg+xml", ".png": "image/png"}
+    if "/" in name or name.startswith(".") or Path(name).suffix not in types:
+        return Response(status_code=404)
+    path = STATIC / name
+    if not path.is_file():
+        return Response(status_code=404)
+    return Response(
+        path.read_bytes(),
+        media_type=types[Path(name).suffix],
+        headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _login_page(console: Console, request: Request, status: int = 200, error="") -> Response:
+    token = secrets.token_urlsafe(32)
+    response = console.page(request, "login.html", status, login_csrf=token, error=error)
+    response.set_cookie(LOGIN_COOKIE, token, max_age=LOGIN_FORM_SECONDS, **_cookie_args(request))
+    return response
+
+
+@router.get("/login")
+def login_form(
+    request: Request,
+    console: ConsoleDep,
+    session: Annotated[ConsoleSession | None, Depends(current_session)],
+) -> Response:
+    return _to("/") if session is not None else _login_page(console, request)
+
+
+@router.post("/login")
+async def login(request: Request, console: ConsoleDep) -> Response:
+    started, client = time.perf_counter(), client_of(request.scope)
+    form = await request.form()
+    token, cookie = str(form.get("csrf", "")), request.cookies.get(LOGIN_COOKIE, "")
+    if not token or not cookie or not hmac.compare_digest(token.encode(), cookie.encode()):
+        raise _Refused(
+            403, "the sign-in form's CSRF token is missing or wrong; reload the sign-in page"
         )
+    verdict, wait = console.keys.check(client, str(form.get("key", "")))
+    if verdict == "throttled":
+        await console.refusals.refuse(client, started, 0, "key_throttled",
+                                      "admin key not checked; console sign-in")  # fmt: skip
+        return _login_page(console, request, 429,
+                           f"Too many wrong keys: try again in {retry_after(wait)} s.")  # fmt: skip
+    if verdict == "wrong":
+        log.warning("console: failed sign-in from %s", client)
+        await console.refusals.refuse(client, started, 0, "bad_key",
+                                      "wrong admin key; console sign-in")  # fmt: skip
+        await asyncio.sleep(FAILED_SIGN_IN_DELAY)
+        return _login_page(console, request, 401, "That is not the admin key.")
+    sid, session = await run_in_threadpool(console.sessions.create)
+    log.info("console: signed in")
+    response = _to("/")
+    response.set_cookie(
+        SESSION_COOKIE, sid, max_age=int(console.session_seconds), **_cookie_args(request)
+    )
+    response.delete_cookie(LOGIN_COOKIE, **_cookie_args(request))
+    return response
 
-    @router.get("/users")
-    def users_page(request: Request) -> Response:
-        session = _session(request)
-        if session is None:
-            return _to("/login")
-        return _users(request, session)
 
-    def _users(request: Request, session: ConsoleSession, once=()) -> Response:
-        activity = registry.user_activity()
-        pages = max(1, math.ceil(registry.count_users() / PAGE_SIZE))
-        page = min(_page_number(request.query_params.get("page")), pages)
-        rows = []
-        for u in registry.list_users((page - 1) * PAGE_SIZE, PAGE_SIZE):
-            act = activity.get(u.user_id)
-            usage = act.usage if act else {}
-            rows.append(
-                {
-                    "user": u,
-                    "ok": usage.get("ok", 0),
-                    "refused": sum(n for o, n in usage.items() if o != "ok"),
-                    "usage": usage,
-                    "last": act.last_query if act else None,
-                }
-            )
-        return _page(
-            request,
-            "users.html",
-            session=session,
-            page="users",
-            rows=rows,
-            ordered_outcomes=ordered_outcomes,
-            once=once,
-            page_no=page,
-            pages=pages,
-            prev_link=f"{PREFIX}/users?page={page - 1}" if page > 1 else None,
-            next_link=f"{PREFIX}/users?page={page + 1}" if page < pages else None,
+@router.post("/logout")
+async def logout(request: Request, console: ConsoleDep, _form: FormDep) -> Response:
+    await run_in_threadpool(console.sessions.drop, request.cookies.get(SESSION_COOKIE))
+    log.info("console: signed out")
+    response = _to("/login")
+    response.delete_cookie(SESSION_COOKIE, **_cookie_args(request))
+    return response
+
+
+# -- pages --------------------------------------------------------------------------------------
+@router.get("/")
+def overview(request: Request, console: ConsoleDep, session: SessionDep) -> Response:
+    registry = console.registry
+    return console.page(
+        request,
+        "overview.html",
+        session=session,
+        page="overview",
+        ids=console.gate.describe_ids(),
+        dialect=registry.dialect,
+        n_users=registry.count_users(),
+        n_active=registry.count_active_users(),
+        **console.usage(None, DEFAULT_WINDOW),
+    )
+
+
+@router.get("/users")
+def users_page(request: Request, console: ConsoleDep, session: SessionDep) -> Response:
+    return _users(request, console, session)
+
+
+def _users(request: Request, console: Console, session: ConsoleSession, once=()) -> Response:
+    registry = console.registry
+    activity = registry.user_activity()
+    pages = max(1, math.ceil(registry.count_users() / PAGE_SIZE))
+    page = min(_page_number(request.query_params.get("page")), pages)
+    rows = []
+    for u in registry.list_users((page - 1) * PAGE_SIZE, PAGE_SIZE):
+        act = activity.get(u.user_id)
+        usage = act.usage if act else {}
+        rows.append(
+            {
+                "user": u,
+                "ok": usage.get("ok", 0),
+                "refused": sum(n for o, n in usage.items() if o != "ok"),
+                "usage": usage,
+                "last": act.last_query if act else None,
+            }
         )
+    return console.page(
+        request,
+        "users.html",
+        session=session,
+        page="users",
+        rows=rows,
+        ordered_outcomes=ordered_outcomes,
+        once=once,
+        page_no=page,
+        pages=pages,
+        prev_link=f"{PREFIX}/users?page={page - 1}" if page > 1 else None,
+        next_link=f"{PREFIX}/users?page={page + 1}" if page < pages else None,
+    )
 
-    @router.post("/users")
-    async def add_user(request: Request) -> Response:
-        session = await run_in_threadpool(_session, request)
-        if session is None:
-            return _to("/login")
-        try:
-            form = await _form(request, session)
-            uid = form.get("user_id", "").strip("\r\n") or None
-            name = form.get("name", "").strip()
-            try:
-                info, credential = await run_in_threadpool(gate.add_user, uid, name)
-            except UserExists as e:
-                raise _Refused(409, str(e)) from e
-            except ValueError as e:
-                raise _Refused(422, str(e)) from e
-        except _Refused as e:
-            if e.status == 403:
-                return _refused(request, e, session)
-            await run_in_threadpool(sessions.add_flash, session, "error", e.reason)
-            return _to("/users")
-        log.info("user %s registered (console)", info.user_id)
-        text = f"Registered user {info.user_id}" + (f" ({info.name})" if info.name else "") + "."
-        await run_in_threadpool(sessions.add_flash, session, "ok", text)
-        if credential:  # key material: shown in this answer, never stored with the session
-            return await run_in_threadpool(_users, request, session, [("credential", credential)])
+
+@router.post("/users")
+async def add_user(
+    request: Request, console: ConsoleDep, session: SessionDep, form: FormDep
+) -> Response:
+    uid = form.get("user_id", "").strip("\r\n") or None
+    name = form.get("name", "").strip()
+    try:
+        info, credential = await run_in_threadpool(console.gate.add_user, uid, name)
+    except ValueError as e:  # UserExists too: a message on the users page, not a refusal
+        await run_in_threadpool(console.sessions.add_flash, session, "error", str(e))
         return _to("/users")
+    log.info("user %s registered (console)", info.user_id)
+    text = f"Registered user {info.user_id}" + (f" ({info.name})" if info.name else "") + "."
+    await run_in_threadpool(console.sessions.add_flash, session, "ok", text)
+    if credential:  # key material: shown in this answer, never stored with the session
+        once = [("credential", credential)]
+        return await run_in_threadpool(_users, request, console, session, once)
+    return _to("/users")
 
-    async def _set_active(request: Request, active: bool) -> Response:
-        session = await run_in_threadpool(_session, request)
-        if session is None:
-            return _to("/login")
-        try:
-            form = await _form(request, session)
-        except _Refused as e:
-            return _refused(request, e, session)
-        uid = form.get("user_id", "")
-        try:
-            info = await run_in_threadpool(registry.set_active, uid, active)
-        except UserNotFound:
-            await run_in_threadpool(sessions.add_flash, session, "error", f"No user {uid[:40]!r}.")
-            return _to("/users")
-        log.info("user %s %s (console)", uid, info.status)
-        await run_in_threadpool(sessions.add_flash, session, "ok", f"User {uid} is {info.status}.")
+
+async def _set_active(console: Console, session, form: dict, active: bool) -> Response:
+    uid = form.get("user_id", "")
+    try:
+        info = await run_in_threadpool(console.registry.set_active, uid, active)
+    except UserNotFound:
+        text = f"No user {uid[:40]!r}."
+        await run_in_threadpool(console.sessions.add_flash, session, "error", text)
         return _to("/users")
+    log.info("user %s %s (console)", uid, info.status)
+    text = f"User {uid} is {info.status}."
+    await run_in_threadpool(console.sessions.add_flash, session, "ok", text)
+    return _to("/users")
 
-    @router.post("/users/revoke")
-    async def revoke(request: Request) -> Response:
-        return await _set_active(request, False)
 
-    @router.post("/users/activate")
-    async def activate(request: Request) -> Response:
-        return await _set_active(request, True)
+@router.post("/users/revoke")
+async def revoke(console: ConsoleDep, session: SessionDep, form: FormDep) -> Response:
+    return await _set_active(console, session, form, False)
 
-    def _user_param(request: Request) -> str | None:
-        user = request.query_params.get("user")
-        if user is None or user == "*":
-            return None
-        return NO_USER if user == "(none)" else user[:8]
 
-    def _window(request: Request) -> str:
-        window = request.query_params.get("window", DEFAULT_WINDOW)
-        return window if window in WINDOWS else DEFAULT_WINDOW
+@router.post("/users/activate")
+async def activate(console: ConsoleDep, session: SessionDep, form: FormDep) -> Response:
+    return await _set_active(console, session, form, True)
 
-    @router.get("/usage")
-    def usage_page(request: Request) -> Response:
-        session = _session(request)
-        if session is None:
-            return _to("/login")
-        user = _user_param(request)
-        return _page(
-            request,
-            "usage.html",
-            session=session,
-            page="usage",
-            user=user,
-            user_ids=[u.user_id for u in registry.list_users(0, USAGE_MENU_USERS)],
-            **_usage_ctx(user, _window(request)),
-        )
 
-    @router.get("/usage.svg")
-    def usage_svg(request: Request) -> Response:
-        if _session(request) is None:
-            return Response(status_code=401, headers=SECURITY_HEADERS)
-        user, window = _user_param(request), _window(request)
-        edges = window_edges(window)
-        who = (
-            "all queries"
-            if user is None
-            else "queries without a readable id"
-            if user == NO_USER
-            else f"user {user}"
-        )
-        svg = usage_chart_svg(
-            edges, registry.usage_over_time(edges, user), f"{who}, last {window}, by outcome (UTC)"
-        )
-        headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-        return Response(svg, media_type="image/svg+xml", headers=headers)
+@router.get("/usage")
+def usage_page(request: Request, console: ConsoleDep, session: SessionDep) -> Response:
+    user = _user_param(request)
+    return console.page(
+        request,
+        "usage.html",
+        session=session,
+        page="usage",
+        user=user,
+        user_ids=[u.user_id for u in console.registry.list_users(0, USAGE_MENU_USERS)],
+        **console.usage(user, _window(request)),
+    )
 
-    @router.get("/audit")
-    def audit_page(request: Request) -> Response:
-        session = _session(request)
-        if session is None:
-            return _to("/login")
-        q = request.query_params
-        page = _page_number(q.get("page"))
-        outcome = (q.get("outcome") or "")[:64] or None
-        try:
-            since, until = _parse_time(q.get("since", "")), _parse_time(q.get("until", ""))
-        except _Refused as e:
-            return _refused(request, e, session)
-        user = _user_param(request) if q.get("user") else None
-        total = registry.audit_page(user, outcome, since, until, 0, 1)[1]
-        pages = max(1, math.ceil(total / PAGE_SIZE))
-        page = min(page, pages)
-        rows, total = registry.audit_page(
-            user, outcome, since, until, (page - 1) * PAGE_SIZE, PAGE_SIZE
-        )
-        keep = {k: q[k][:64] for k in ("user", "outcome", "since", "until") if q.get(k)}
 
-        def link(p: int) -> str:
-            return f"{PREFIX}/audit?" + urlencode({**keep, "page": p})
+@router.get("/usage.svg")
+def usage_svg(
+    request: Request,
+    console: ConsoleDep,
+    session: Annotated[ConsoleSession | None, Depends(current_session)],
+) -> Response:
+    if session is None:  # an image: no sign-in page in its place
+        return Response(status_code=401, headers=SECURITY_HEADERS)
+    user, window = _user_param(request), _window(request)
+    edges = window_edges(window)
+    who = {None: "all queries", NO_USER: "queries without a readable id"}.get(user, f"user {user}")
+    svg = usage_chart_svg(
+        edges,
+        console.registry.usage_over_time(edges, user),
+        f"{who}, last {window}, by outcome (UTC)",
+    )
+    headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+    return Response(svg, media_type="image/svg+xml", headers=headers)
 
-        return _page(
-            request,
-            "audit.html",
-            session=session,
-            page="audit",
-            rows=rows,
-            total=total,
-            page_no=page,
-            pages=pages,
-            filters=keep,
-            outcomes=ordered_outcomes(registry.audit_outcomes()),
-            prev_link=link(page - 1) if page > 1 else None,
-            next_link=link(page + 1) if page < pages else None,
-        )
 
-    @router.get("/model")
-    def model_page(request: Request) -> Response:
-        session = _session(request)
-        if session is None:
-            return _to("/login")
-        card = getattr(gate.model, "card", None) or {}
-        enc_card = dict(gate.generator.card or {})
-        enc_card.pop("training", None)  # the encoder's full training config: in its run folder
-        return _page(
-            request,
-            "model.html",
-            session=session,
-            page="model",
-            card=_flatten(card),
-            encoder_name=card.get("encoder"),
-            encoder=_flatten(enc_card),
-            ids=gate.describe_ids(),
-            class_names=list(gate.class_names),
-            **model_records(Path(run) if run is not None else None),
-        )
+@router.get("/audit")
+def audit_page(request: Request, console: ConsoleDep, session: SessionDep) -> Response:
+    q, registry = request.query_params, console.registry
+    page = _page_number(q.get("page"))
+    outcome = (q.get("outcome") or "")[:64] or None
+    since, until = _parse_time(q.get("since", "")), _parse_time(q.get("until", ""))
+    user = _user_param(request) if q.get("user") else None
+    pages = max(1, math.ceil(registry.audit_page(user, outcome, since, until, 0, 1)[1] / PAGE_SIZE))
+    page = min(page, pages)
+    rows, total = registry.audit_page(
+        user, outcome, since, until, (page - 1) * PAGE_SIZE, PAGE_SIZE
+    )
+    keep = {k: q[k][:64] for k in ("user", "outcome", "since", "until") if q.get(k)}
 
-    return router
+    def link(p: int) -> str:
+        return f"{PREFIX}/audit?" + urlencode({**keep, "page": p})
+
+    return console.page(
+        request,
+        "audit.html",
+        session=session,
+        page="audit",
+        rows=rows,
+        total=total,
+        page_no=page,
+        pages=pages,
+        filters=keep,
+        outcomes=ordered_outcomes(registry.audit_outcomes()),
+        prev_link=link(page - 1) if page > 1 else None,
+        next_link=link(page + 1) if page < pages else None,
+    )
+
+
+@router.get("/model")
+def model_page(request: Request, console: ConsoleDep, session: SessionDep) -> Response:
+    gate = console.gate
+    card = getattr(gate.model, "card", None) or {}
+    enc_card = dict(gate.generator.card or {})
+    enc_card.pop("training", None)  # the encoder's full training config: in its run folder
+    return console.page(
+        request,
+        "model.html",
+        session=session,
+        page="model",
+        card=_flatten(card),
+        encoder_name=card.get("encoder"),
+        encoder=_flatten(enc_card),
+        ids=gate.describe_ids(),
+        class_names=list(gate.class_names),
+        **model_records(console.run),
+    )
