@@ -190,28 +190,10 @@ def add_parsers(sub) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from activedaemon.serve.server import SERVE_ARGS_ENV, auth_scheme, build_service, serve
+    from activedaemon.serve.server import run_service
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.workers > 1:
-        import json
-        import os
-
-        import uvicorn
-
-        from activedaemon.serve.registry import Registry
-        from activedaemon.serve.server import ADMIN_KEY_ENV, read_secret, resolve_db_url
-
-        read_secret(ADMIN_KEY_ENV, args.admin_key_file, "admin key")  # refuse early
-        auth_scheme(args)
-        Registry(resolve_db_url(args.db, args.db_file)).close()  # migrate once, not N times
-        fields = {k: v for k, v in vars(args).items() if k != "func"}
-        os.environ[SERVE_ARGS_ENV] = json.dumps(fields, default=str)
-        uvicorn.run("activedaemon.serve.server:worker_app", factory=True, workers=args.workers,
-                    host=args.host, port=args.port, log_level="info")  # fmt: skip
-        return 0
-    gate, admin_key, settings = build_service(args)
-    serve(gate, admin_key, args.host, args.port, settings)
+    run_service(args)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Build the service from run folders and start it with uvicorn (`activedaemon serve`): the
-secrets, the registry URL, the gate and the settings from the command's arguments, and each
-``--workers`` process's app factory (:func:`worker_app`)."""
+secrets, the registry URL, the gate and the settings from the command's arguments, one process
+or several (:func:`run_service`) and each ``--workers`` process's app factory
+(:func:`worker_app`). The command line only parses."""
 
 from __future__ import annotations
 
@@ -155,6 +156,30 @@ def build_service(args: argparse.Namespace) -> tuple[Gatekeeper, str, ServiceSet
         user_quota=settings.user_quota(),
     )
     return gate, admin_key, settings
+
+
+def run_service(args: argparse.Namespace) -> None:
+    """Start the service as the `serve` command's arguments ask, until interrupted: one process,
+    or ``--workers N`` uvicorn processes, each building its own gate from the same arguments
+    (:func:`worker_app`) after the parent has checked the secrets and migrated the registry
+    once."""
+    if args.workers <= 1:
+        gate, admin_key, settings = build_service(args)
+        serve(gate, admin_key, args.host, args.port, settings)
+        return
+    import json
+
+    import uvicorn
+
+    from activedaemon.serve.registry import Registry
+
+    read_secret(ADMIN_KEY_ENV, args.admin_key_file, "admin key")  # refuse early
+    auth_scheme(args)
+    Registry(resolve_db_url(args.db, args.db_file)).close()  # migrate once, not N times
+    fields = {k: v for k, v in vars(args).items() if k != "func"}
+    os.environ[SERVE_ARGS_ENV] = json.dumps(fields, default=str)
+    uvicorn.run("activedaemon.serve.server:worker_app", factory=True, workers=args.workers,
+                host=args.host, port=args.port, log_level="info")  # fmt: skip
 
 
 def worker_app():
