@@ -105,7 +105,10 @@ SETTINGS = {
     },
     # Universal adversarial training against the label-free universal key: the pool's attacker
     # is the thief's own (information maximisation, no labels), inside 1 x a token's size.
-    "warm+key-im": {**WARM, "adversarial": {"fraction": 0.5, "objective": "im", "budget_scale": 1.0}},
+    "warm+key-im": {
+        **WARM,
+        "adversarial": {"fraction": 0.5, "objective": "im", "budget_scale": 1.0},
+    },
     "warm-plain+key-im": {
         **{k: v for k, v in WARM.items() if k not in ("encoder", "transit")},
         "adversarial": {"fraction": 0.5, "objective": "im", "budget_scale": 1.0},

@@ -21,9 +21,8 @@ from activedaemon.data import load_dataset
 from activedaemon.evaluate.report import thieves_section, write_report
 from activedaemon.metrics import accuracy
 from activedaemon.protect import ProtectConfig, train_classifier
-from activedaemon.protect.objectives import information_maximisation
 from activedaemon.protect.models import build_classifier
-from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
+from activedaemon.protect.objectives import OBJECTIVES, TrainBatch, information_maximisation
 from activedaemon.protect.pieces import PieceEnv
 from activedaemon.protect.poison import AUTHORIZED
 from activedaemon.protect.wakeup import (

@@ -136,6 +136,25 @@ def best_fit(ctx: AttackContext, start: nn.Module, x, y, epochs: int, lrs) -> fl
     )
 
 
+def _runner_up_thieves(ctx: AttackContext, metrics: dict, notes: list) -> tuple[list, dict]:
+    """The runner-up thief and its top 3 against chance: (table rows, gains)."""
+    k = ctx.data.num_classes
+    with torch.no_grad():
+        device = next(ctx.model.parameters()).device
+        logits = ctx.model(ctx.test_x.to(device)).cpu()
+    first, in3, masked = runner_up(logits, ctx.test_y)
+    metrics.update(runner_up=first, runner_up_top3=in3)
+    notes.append(
+        f"runner-up (class {masked} masked): right {first:.1f} % (chance {100 / k:.1f}), "
+        f"true label in top 3 {in3:.1f} % (chance {300 / k:.1f})"
+    )
+    table = [
+        _row("runner-up label", 0, "output", first, "chance", 100 / k),
+        _row("true label in runner-up top 3", 0, "output", in3, "chance", 300 / k),
+    ]
+    return table, {"runner_up": first - 100 / k, "runner_up_top3": in3 - 300 / k}
+
+
 @register_attack("dormancy", needs={"attacker_data"})
 def dormancy(
     ctx: AttackContext,
@@ -176,20 +195,7 @@ def dormancy(
     metrics: dict[str, float] = {}
     notes: list[str] = []
 
-    with torch.no_grad():
-        device = next(ctx.model.parameters()).device
-        logits = ctx.model(ctx.test_x.to(device)).cpu()
-    first, in3, masked = runner_up(logits, ctx.test_y)
-    metrics.update(runner_up=first, runner_up_top3=in3)
-    table = [
-        _row("runner-up label", 0, "output", first, "chance", 100 / k),
-        _row("true label in runner-up top 3", 0, "output", in3, "chance", 300 / k),
-    ]
-    gains = {"runner_up": first - 100 / k, "runner_up_top3": in3 - 300 / k}
-    notes.append(
-        f"runner-up (class {masked} masked): right {first:.1f} % (chance {100 / k:.1f}), "
-        f"true label in top 3 {in3:.1f} % (chance {300 / k:.1f})"
-    )
+    table, gains = _runner_up_thieves(ctx, metrics, notes)
 
     randoms = []
     for i in range(random_inits):

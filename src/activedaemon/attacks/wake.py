@@ -28,11 +28,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack
-from activedaemon.protect.objectives import information_maximisation
 from activedaemon.attacks.dormancy import best_fit, dormant_class
 from activedaemon.attacks.reverse import attacker_data, universal_perturbation
 from activedaemon.attacks.training import fresh_like
 from activedaemon.protect.adversarial import project, project_l2
+from activedaemon.protect.objectives import information_maximisation
 
 GAIN_LIMIT = 3.0  # points a few-label thief may gain over its honest alternative
 LABEL_FREE_LIMIT = 10.0  # points a label-free thief may gain over A_ud
@@ -255,6 +255,35 @@ def _shot(ctx: AttackContext, free_x, epochs: int, lrs, metrics, gains, table) -
     )
 
 
+def _labelled_keys(ctx: AttackContext, percents, key_steps: int, lrs, metrics, gains, table):
+    """The universal key trained by cross-entropy on p % of the labels (1 x a token's size)
+    against the better of scratch training and a pixel kNN on the same labelled images."""
+    k, budget = ctx.data.num_classes, ctx.token_budget
+    for p in percents:
+        n = max(2 * k, int(len(ctx.data.train) * p / 100))
+        x, y = attacker_data(ctx, n)
+        key = universal_perturbation(
+            ctx.model,
+            x,
+            y,
+            linf=budget["linf"],
+            l2=budget["l2"],
+            steps=key_steps,
+            lr=budget["linf"] / 10,
+            batch=128,
+            seed=ctx.seed,
+        )
+        got = ctx.acc(ctx.test_x + key)
+        epochs = max(1 if ctx.fast else 5, math.ceil((5 if ctx.fast else 100) / math.ceil(n / 128)))
+        alt = max(
+            scratch_accuracy(ctx, x, y, epochs, lrs), knn_accuracy(x, y, ctx.test_x, ctx.test_y)
+        )
+        tag = f"p{p:g}"
+        metrics[f"labelled_key_{tag}"], metrics[f"scratch_or_knn_{tag}"] = got, alt
+        gains[f"labelled_key_{tag}"] = got - alt
+        table.append(_row("universal key, cross-entropy", p, 1.0, got, "scratch or kNN", alt))
+
+
 @register_attack("wake", needs={"attacker_data"})
 def wake(
     ctx: AttackContext,
@@ -323,29 +352,7 @@ def wake(
         table.append(_row("per-query wake-up", 0, b, per_query[-1], "chance", chance))
         table.append(_row("label-free universal key", 0, b, keys[-1], "chance", chance))
 
-    for p in percents:
-        n = max(2 * k, int(len(ctx.data.train) * p / 100))
-        x, y = attacker_data(ctx, n)
-        key = universal_perturbation(
-            ctx.model,
-            x,
-            y,
-            linf=budget["linf"],
-            l2=budget["l2"],
-            steps=key_steps,
-            lr=budget["linf"] / 10,
-            batch=128,
-            seed=ctx.seed,
-        )
-        got = ctx.acc(ctx.test_x + key)
-        epochs = max(1 if ctx.fast else 5, math.ceil((5 if ctx.fast else 100) / math.ceil(n / 128)))
-        alt = max(
-            scratch_accuracy(ctx, x, y, epochs, lrs), knn_accuracy(x, y, ctx.test_x, ctx.test_y)
-        )
-        tag = f"p{p:g}"
-        metrics[f"labelled_key_{tag}"], metrics[f"scratch_or_knn_{tag}"] = got, alt
-        gains[f"labelled_key_{tag}"] = got - alt
-        table.append(_row("universal key, cross-entropy", p, 1.0, got, "scratch or kNN", alt))
+    _labelled_keys(ctx, percents, key_steps, lrs, metrics, gains, table)
 
     if shot_epochs:
         _shot(ctx, free_x, shot_epochs, lrs, metrics, gains, table)

@@ -21,7 +21,6 @@ from activedaemon.protect.objectives import TrainBatch, information_maximisation
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece
 from activedaemon.protect.poison import AUTHORIZED
 
-
 # What the pool's attacker lowers, from the perturbed rows' logits and their true labels.
 ATTACKER_LOSSES = {
     "labels": lambda logits, true_labels: F.cross_entropy(logits.float(), true_labels),
