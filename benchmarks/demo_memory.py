@@ -6,8 +6,9 @@ ResNet-18 and one batch); what sets the peak is the data: the training split, th
 of Algorithm 2 and the evaluation's test images. This benchmark runs those stages as the demo
 does, in a fresh process per code version, without the epochs: the training set of the clean
 model, then the protected model's (encoder loaded, poisoned set made), then the evaluation
-(A_or, A_ad, A_ud, the fake-token rows and 1,000 per-user images) of two untrained models.
-It prints the process's peak RSS after each stage.
+(A_or, A_ad, A_ud, the fake-token rows and 1,000 per-user images) of two untrained models,
+then the thief audit's data (its attack context and the thieves' samples). It prints the
+process's peak RSS after each stage.
 
     python benchmarks/demo_memory.py                      # this checkout
     python benchmarks/demo_memory.py --baseline-src DIR   # and another checkout's src/ beside it
@@ -32,6 +33,8 @@ import json, resource, sys, tempfile
 from pathlib import Path
 import torch, yaml
 
+from activedaemon.attacks.reverse import attacker_data
+from activedaemon.attacks.suite import load_context
 from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.protect.models import build_classifier
 from activedaemon.protect.train import ProtectConfig, build_training_set, load_preset
@@ -69,7 +72,12 @@ with tempfile.TemporaryDirectory() as tmp:
     untrained_run(Path(tmp) / "protected", cfg, True)
     evaluate_protection(Path(tmp) / "protected", clean_run=Path(tmp) / "clean",
                         per_user_images=1000, seed=0)
-mark("evaluation")
+    mark("evaluation")
+    # The thief audit's data: its context (model, test images, the train split to sample from)
+    # and the thieves' samples (1 % labelled, 1,000 unlabelled, as the quick audit draws them).
+    ctx = load_context(Path(tmp) / "protected", limit_test=2000, seed=0)
+    samples = [attacker_data(ctx, 600), attacker_data(ctx, 1000), ctx.test_x + 0]
+    mark("audit data")
 print(json.dumps({"peaks_gib": peaks, "train_images": info["train_images"]}))
 """
 

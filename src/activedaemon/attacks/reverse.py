@@ -7,14 +7,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack, wake_verdict
-from activedaemon.imageio import round_8bit
+from activedaemon.imageio import round_8bit, take_rows
 from activedaemon.protect.adversarial import project
 
 
 def attacker_data(ctx: AttackContext, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """n clean labelled training images (the attacker's own data), drawn with the seed."""
     idx = torch.randperm(len(ctx.data.train), generator=ctx.generator(11))[:n]
-    return ctx.data.train.images[idx], ctx.data.train.labels[idx]
+    # A copy of the rows only (the split may be a grey image viewed as RGB).
+    return take_rows(ctx.data.train.images, idx).contiguous(), ctx.data.train.labels[idx]
 
 
 def universal_perturbation(

@@ -45,7 +45,9 @@ def load_context(
         size=card["image_size"],
         channels=card["channels"],
         limit_test=limit_test,
+        grey_view=True,  # the train split is sampled by attacker_data, never held as RGB
     )
+    data.test.images = data.test.images.contiguous()  # attacks may write into their queries
     return AttackContext(model, gen, data, seed=seed, fast=fast, out=out, progress=progress)
 
 
