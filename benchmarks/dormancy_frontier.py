@@ -109,6 +109,16 @@ SETTINGS = {
         **WARM,
         "adversarial": {"fraction": 0.5, "objective": "im", "budget_scale": 1.0},
     },
+    "warm+key-im-fast": {  # the pool follows the model: 2 members, big steps
+        **WARM,
+        "adversarial": {
+            "fraction": 0.5,
+            "objective": "im",
+            "budget_scale": 1.0,
+            "pool": 2,
+            "step": 0.2,
+        },
+    },
     "warm-plain+key-im": {
         **{k: v for k, v in WARM.items() if k not in ("encoder", "transit")},
         "adversarial": {"fraction": 0.5, "objective": "im", "budget_scale": 1.0},

@@ -167,12 +167,24 @@ def _with_defaults(saved: Any, config: Any) -> Any:
     return filled
 
 
+def peak_rss_gib() -> float | None:
+    """This process's peak resident memory so far (GiB), imports included; None where the
+    platform does not say (no ``resource`` module)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return round(kib / 2**20 / (1024 if sys.platform == "darwin" else 1), 3)  # macOS: bytes
+
+
 def finish_run(out: Path | str, metrics: dict[str, Any], prefix: str = "", **extra: Any) -> None:
     """Add the metrics (also written alone to ``metrics.json`` for a run folder's own record)
     and mark the run done."""
     out = Path(out)
     record = json.loads((out / f"{prefix}run.json").read_text())
     record.update(extra, status="done", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    record["peak_rss_gib"] = peak_rss_gib()
     record["metrics"] = metrics
     write_json(out / f"{prefix}run.json", record)
     if not prefix:
