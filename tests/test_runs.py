@@ -43,3 +43,18 @@ def test_failed_run_is_not_finished(tmp_path):
         raise RuntimeError("boom")
     assert not finished_run(tmp_path / "run", Old())
     assert not finished_run(tmp_path / "missing", Old())
+
+
+def test_run_record_carries_the_peak_memory(tmp_path):
+    """The peak RSS at the end of a run: at least what the process held when a large block was
+    alive inside the run (imports alone are far more than 0)."""
+    import json
+
+    import numpy as np
+
+    with run_record(tmp_path / "run", "test", Old(), seed=0) as rec:
+        block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+        rec.metrics = {"sum": int(block[:: 2**20].sum())}
+        del block
+    peak = json.loads((tmp_path / "run" / "run.json").read_text())["peak_rss_gib"]
+    assert peak >= 64 / 1024
