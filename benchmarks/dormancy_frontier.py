@@ -285,12 +285,14 @@ def merged_rows(folder: Path) -> list[dict]:
     the quick audit: the frontier's warm+wakeup1 training when the demo starts from this run's
     clean baseline)."""
     if (folder / "frontier.json").is_file():
-        return json.loads((folder / "frontier.json").read_text())["rows"]
+        saved = json.loads((folder / "frontier.json").read_text())
+        return [{"commit": saved["commit"], **r} for r in saved["rows"]]  # who measured it
     results = json.loads((folder / "results.json").read_text())
     thieves = json.loads((folder / "thieves.json").read_text())
     # The folder's name is the setting's (the demo of another recipe is named by its folder).
     tested = f"{results['test_images']:,} test images"
     row = {"setting": f"{folder.name} (demo run, {tested})", "audit_settings": "quick"}
+    row["commit"] = json.loads((folder / "run.json").read_text())["commit"]
     row["overrides"] = {}
     keys = ("A_or", "A_ad", "A_ud", "A_od", "A_td_gaussian", "A_td_mismatched", "encoder")
     row.update({k: results[k] for k in keys})
@@ -315,9 +317,9 @@ def merged_rows(folder: Path) -> list[dict]:
 
 def write_tables(rows: list[dict], args: argparse.Namespace) -> list[dict]:
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        args.out / "frontier.json", {"commit": git_commit(), "seed": args.seed, "rows": rows}
-    )
+    commit = git_commit()
+    rows = [{"commit": commit, **r} for r in rows]  # merged rows keep the commit that measured them
+    write_json(args.out / "frontier.json", {"commit": commit, "seed": args.seed, "rows": rows})
     keys = [k for k in rows[0] if k not in ("audit", "wake", "overrides", "epoch_seconds")]
     with (args.out / "frontier.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")

@@ -397,6 +397,8 @@ def demo_page() -> str | None:
             + ", ".join(f"{k} {v} s" for k, v in timings.items())
             + "."
         )
+    if (run or {}).get("peak_rss_gib"):
+        out.append(f"Peak memory of the whole demo (one process): {run['peak_rss_gib']:.2f} GiB.")
     per_user = results.get("per_user") or []
     if per_user:
         ads = [u.get("A_ad") for u in per_user if u.get("A_ad") is not None]
@@ -446,6 +448,12 @@ FRONTIER_COLUMNS = [
 ]
 
 
+def short_commit(commit: str | None) -> str:
+    """A commit's first 7 characters, ``+dirty`` kept (a run from uncommitted changes)."""
+    commit = str(commit or "unknown")
+    return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+
+
 def frontier_page() -> str | None:
     folder = DATA / "frontier"
     frontier, run = read_json(folder / "frontier.json"), read_json(folder / "run.json")
@@ -464,12 +472,15 @@ def frontier_page() -> str | None:
         "shipped recipe, `cpu-recommended`, is the `warm` setting; each row's own run.json "
         "records the commit that trained and measured it.\n",
         provenance("frontier", run, "docs/results/data/frontier/frontier.json"),
-        "| setting | " + " | ".join(label for _, label in FRONTIER_COLUMNS) + " | by |",
-        "|---|" + "---|" * (len(FRONTIER_COLUMNS) + 1),
+        "| setting | " + " | ".join(label for _, label in FRONTIER_COLUMNS) + " | by | commit |",
+        "|---|" + "---|" * (len(FRONTIER_COLUMNS) + 2),
     ]
     for r in rows:
         cells = [fmt(r.get(key)) for key, _ in FRONTIER_COLUMNS]
-        out.append(f"| {r['setting']} | " + " | ".join(cells) + f" | {r.get('max_gain_thief')} |")
+        out.append(
+            f"| {r['setting']} | " + " | ".join(cells) + f" | {r.get('max_gain_thief')} | "
+            f"`{short_commit(r.get('commit', frontier.get('commit')))}` |"
+        )
     out.append("")
     if (folder / "frontier.png").is_file():
         out += ["![A_od against the largest thief gain](data/frontier/frontier.png)", ""]
@@ -663,16 +674,17 @@ def headline(readme: str) -> str:
     if frontier:
         lines += [
             "",
-            f"What a thief without a token gains (frontier.json, commit "
-            f"`{str(frontier.get('commit', 'unknown'))[:7]}`, seed {frontier.get('seed', '?')}):",
+            "What a thief without a token gains (frontier.json, seed "
+            f"{frontier.get('seed', '?')}; each row measured by the commit it names):",
             "",
-            "| setting | A_od | largest thief gain (points) | by |",
-            "|---|---|---|---|",
+            "| setting | A_od | largest thief gain (points) | by | commit |",
+            "|---|---|---|---|---|",
         ]
         for r in frontier.get("rows", []):
             lines.append(
                 f"| {r.get('setting')} | {fmt(r.get('A_od'))} | {fmt(r.get('max_gain'))} | "
-                f"{r.get('max_gain_thief', '')} |"
+                f"{r.get('max_gain_thief', '')} | "
+                f"`{short_commit(r.get('commit', frontier.get('commit')))}` |"
             )
     lines.append(end)
     before, rest = readme.split(start, 1)

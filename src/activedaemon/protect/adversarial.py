@@ -50,10 +50,16 @@ class AdversarialConfig:
             )
 
 
+def token_sizes(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's L-inf and L2 size (tokens: N, C, H, W)."""
+    flat = tokens.flatten(1)
+    return flat.abs().amax(1), flat.norm(dim=1)
+
+
 def token_budget(tokens: torch.Tensor) -> tuple[float, float]:
     """Median L-inf and L2 size of a batch of tokens (N, C, H, W)."""
-    flat = tokens.flatten(1)
-    return flat.abs().amax(1).median().item(), flat.norm(dim=1).median().item()
+    linf, l2 = token_sizes(tokens)
+    return linf.median().item(), l2.median().item()
 
 
 def project_l2(delta: torch.Tensor, radius: float) -> torch.Tensor:

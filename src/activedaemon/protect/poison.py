@@ -224,6 +224,23 @@ def _encoder_init_draws(generator: TokenGenerator) -> None:
     Encoder(generator.arch), Decoder(generator.arch)
 
 
+AUTHORIZED_CHUNK = 8192  # rows made at a time: a multiple of the encoder's batch of 512
+
+
+def _make_authorized(out, images, idx, maker: TokenMaker, ids: list[str]) -> float:
+    """Write the authorized images of rows ``idx`` into ``out`` (8-bit), a chunk at a time (no
+    float copy of every authorized row, which the grey view of the images would make RGB), and
+    return the tokens' root-mean-square."""
+    squares = torch.zeros((), dtype=torch.float64)
+    for i in range(0, len(idx), AUTHORIZED_CHUNK):
+        rows = idx[i : i + AUTHORIZED_CHUNK]
+        clean = images[rows]
+        authorized = maker(clean, ids[i : i + AUTHORIZED_CHUNK])
+        out[rows] = to_uint8_rows(authorized)
+        squares += torch.sub(authorized, clean, out=clean).double().pow(2).sum()
+    return (squares / max(1, len(idx) * out[0].numel())).sqrt().item() if len(idx) else 0.0
+
+
 def build_poisoned_set(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -274,12 +291,7 @@ def build_poisoned_set(
 
     # 8-bit from the start, the float images made per part: no float copy of the whole set.
     out = to_uint8_rows(images)
-    clean = images[auth_idx]
-    authorized = maker(clean, draw_ids(n_auth))
-    out[auth_idx] = to_uint8_rows(authorized)
-    tokens = torch.sub(authorized, clean, out=clean)  # the clean copy's memory, reused
-    token_rms = tokens.pow(2).mean().sqrt().item() if n_auth else 0.0
-    del clean, authorized, tokens
+    token_rms = _make_authorized(out, images, auth_idx, maker, draw_ids(n_auth))
 
     ctx = KindContext(images, maker, gen, draw_ids, token_rms)
     kinds = torch.full((n,), CLEAN, dtype=torch.long)

@@ -27,7 +27,7 @@ from activedaemon.data.config import DataConfig
 from activedaemon.identity import random_user_id
 from activedaemon.imageio import take_rows, to_uint8_rows
 from activedaemon.metrics import accuracy
-from activedaemon.protect.adversarial import token_budget
+from activedaemon.protect.adversarial import token_sizes
 from activedaemon.protect.checkpoint import (  # noqa: F401  (re-exported: the old import path)
     CARD_SCHEMA,
     classifier_card,
@@ -51,7 +51,7 @@ from activedaemon.protect.models import (
 )
 from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece
-from activedaemon.protect.poison import AUTHORIZED, TokenMaker, build_poisoned_set
+from activedaemon.protect.poison import AUTHORIZED, PoisonedSet, TokenMaker, build_poisoned_set
 from activedaemon.protect.start import load_start
 from activedaemon.protect.stream import StreamTrainingSet, build_stream_set
 from activedaemon.runs import (
@@ -144,6 +144,18 @@ class TrainingSet:
         return clean, accuracy(model, self.val_authorized, self.val_labels)
 
 
+def _token_budget(poisoned: PoisonedSet, images: torch.Tensor) -> tuple[float, float]:
+    """The median L-inf and L2 size of the authorized rows' tokens, as stored (8-bit), measured
+    a chunk of rows at a time (each row's sizes are its own: no float copy of all of them)."""
+    rows = (poisoned.kinds == AUTHORIZED).nonzero().flatten()
+    sizes = []
+    for part in rows.split(8192):
+        clean = to_uint8_rows(take_rows(images, part)).float().div_(255)
+        sizes.append(token_sizes(poisoned.images[part].float().div_(255).sub_(clean)))
+    linf, l2 = (torch.cat(s) for s in zip(*sizes, strict=True))
+    return linf.median().item(), l2.median().item()
+
+
 def build_training_set(
     cfg: ProtectConfig,
     token_maker: TokenMaker | None = None,
@@ -190,10 +202,7 @@ def build_training_set(
     poisoned, cache_hit = build_poisoned_set(
         images, labels, num_classes, token_maker or encoder, cfg.poison, cfg.cache_dir
     )
-    auth = poisoned.kinds == AUTHORIZED
-    clean = to_uint8_rows(take_rows(images, auth.nonzero().flatten())).float().div_(255)
-    linf, l2 = token_budget(poisoned.images[auth].float().div_(255).sub_(clean))
-    del clean
+    linf, l2 = _token_budget(poisoned, images)
     info.update(
         poison_counts=poisoned.counts(),
         token_rms=poisoned.token_rms,
