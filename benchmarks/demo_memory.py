@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 STAGES = r"""
-import json, resource, sys, tempfile
+import dataclasses, json, resource, sys, tempfile
 from pathlib import Path
 import torch, yaml
 
@@ -37,7 +37,8 @@ from activedaemon.attacks.reverse import attacker_data
 from activedaemon.attacks.suite import load_context
 from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.protect.models import build_classifier
-from activedaemon.protect.train import ProtectConfig, build_training_set, load_preset
+from activedaemon.demo import demo_config
+from activedaemon.protect.train import build_training_set
 
 stream = sys.argv[1] == "stream"
 peaks = {}
@@ -60,9 +61,9 @@ def untrained_run(folder, cfg, protected):
 
 
 mark("imports")
-values = {**load_preset("cpu-small"), "stream": stream, "workers": 0}
 for protected in (False, True):
-    cfg = ProtectConfig.from_dict({**values, "protected": protected})
+    # The demo's own recipes (cpu-small clean, cpu-recommended protected), without the epochs.
+    cfg = dataclasses.replace(demo_config(protected), stream=stream, workers=0)
     data = build_training_set(cfg)
     info = data.info
     del data
