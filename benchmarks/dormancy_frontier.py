@@ -293,7 +293,7 @@ def merged_rows(folder: Path) -> list[dict]:
     tested = f"{results['test_images']:,} test images"
     row = {"setting": f"{folder.name} (demo run, {tested})", "audit_settings": "quick"}
     row["commit"] = json.loads((folder / "run.json").read_text())["commit"]
-    row["overrides"] = {}
+    row["overrides"] = SETTINGS.get(folder.name, {})
     keys = ("A_or", "A_ad", "A_ud", "A_od", "A_td_gaussian", "A_td_mismatched", "encoder")
     row.update({k: results[k] for k in keys})
     by_thief = {}

@@ -464,13 +464,14 @@ def frontier_page() -> str | None:
         GENERATED,
         "# The dormancy frontier\n",
         "Each protection setting trained on Fashion-MNIST (the CPU presets, seed "
-        f"{frontier.get('seed', '?')}) and measured in the same run: authorized accuracy against "
-        "what a thief who holds the weights and no token gains over its honest alternative "
-        "(chance, random weights, scratch or kNN on the same labels). Thieves: "
-        f"{rows[0].get('audit_settings', 'full')} audit settings "
+        f"{frontier.get('seed', '?')}) from the same clean baseline (the same weights) and "
+        "measured with the same thieves: authorized accuracy against what a thief who holds the "
+        "weights and no token gains over its honest alternative (chance, random weights, scratch "
+        "or kNN on the same labels), each gain measured in the run that measured its thief. "
+        f"Thieves: {rows[0].get('audit_settings', 'full')} audit settings "
         "([the lock audit](../guides/lock-audit.md)). Accuracies in %, gains in points. The "
-        "shipped recipe, `cpu-recommended`, is the `warm` setting; each row's own run.json "
-        "records the commit that trained and measured it.\n",
+        "shipped recipe, `cpu-recommended`, is the `warm` setting; the last column names the "
+        "commit that trained and measured each row (`+dirty`: with uncommitted changes).\n",
         provenance("frontier", run, "docs/results/data/frontier/frontier.json"),
         "| setting | " + " | ".join(label for _, label in FRONTIER_COLUMNS) + " | by | commit |",
         "|---|" + "---|" * (len(FRONTIER_COLUMNS) + 2),
@@ -481,6 +482,10 @@ def frontier_page() -> str | None:
             f"| {r['setting']} | " + " | ".join(cells) + f" | {r.get('max_gain_thief')} | "
             f"`{short_commit(r.get('commit', frontier.get('commit')))}` |"
         )
+    out += ["", "What each setting changes (over the `cpu-small` preset):", ""]
+    for r in rows:
+        if r.get("overrides"):
+            out.append(f"- `{r['setting']}`: `{json.dumps(r['overrides'], sort_keys=True)}`")
     out.append("")
     if (folder / "frontier.png").is_file():
         out += ["![A_od against the largest thief gain](data/frontier/frontier.png)", ""]
