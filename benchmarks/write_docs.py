@@ -484,8 +484,9 @@ def frontier_page() -> str | None:
         )
     out += ["", "What each setting changes (over the `cpu-small` preset):", ""]
     for r in rows:
-        if r.get("overrides"):
-            out.append(f"- `{r['setting']}`: `{json.dumps(r['overrides'], sort_keys=True)}`")
+        changes = r.get("overrides")
+        text = f"`{json.dumps(changes, sort_keys=True)}`" if changes else "nothing (Algorithm 2)"
+        out.append(f"- `{r['setting']}`: {text}")
     out.append("")
     if (folder / "frontier.png").is_file():
         out += ["![A_od against the largest thief gain](data/frontier/frontier.png)", ""]
