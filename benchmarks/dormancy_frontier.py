@@ -284,15 +284,17 @@ def merged_rows(folder: Path) -> list[dict]:
     """The rows of a frontier folder, or of a demo folder (its protected model as one row, with
     the quick audit: the frontier's warm+wakeup1 training when the demo starts from this run's
     clean baseline)."""
+    # The code that measured a row: the commit its run started from (run.json).
+    started = json.loads((folder / "run.json").read_text())["commit"]
     if (folder / "frontier.json").is_file():
         saved = json.loads((folder / "frontier.json").read_text())
-        return [{"commit": saved["commit"], **r} for r in saved["rows"]]  # who measured it
+        return [{"commit": started, **r} for r in saved["rows"]]
     results = json.loads((folder / "results.json").read_text())
     thieves = json.loads((folder / "thieves.json").read_text())
     # The folder's name is the setting's (the demo of another recipe is named by its folder).
     tested = f"{results['test_images']:,} test images"
     row = {"setting": f"{folder.name} (demo run, {tested})", "audit_settings": "quick"}
-    row["commit"] = json.loads((folder / "run.json").read_text())["commit"]
+    row["commit"] = started
     row["overrides"] = SETTINGS.get(folder.name, {})
     keys = ("A_or", "A_ad", "A_ud", "A_od", "A_td_gaussian", "A_td_mismatched", "encoder")
     row.update({k: results[k] for k in keys})
