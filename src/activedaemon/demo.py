@@ -98,6 +98,7 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
         seed=seed,
     )
     timings["evaluate_seconds"] = round(time.time() - t, 1)
+    release_freed_memory()  # the evaluation's token sets, before the audit loads its own
     t = time.time()
     ctx = load_context(out / "protected", limit_test=limit_test or 2000, seed=seed)
     thieves = thief_audit(ctx)

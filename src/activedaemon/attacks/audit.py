@@ -7,6 +7,7 @@ still run to its full number of steps."""
 from __future__ import annotations
 
 from activedaemon.attacks.base import AttackContext, run_attack
+from activedaemon.runs import release_freed_memory
 
 # One label share (1 % of the training labels), budgets 0.5 x and 1 x a token, no source-free
 # adaptation: what fits beside the demo's training on two cores.
@@ -39,6 +40,7 @@ def thief_audit(ctx: AttackContext, quick: bool = True) -> dict:
     "largest": the row with the largest gain; "verdict": one line}. ``quick`` uses the settings
     above; otherwise each attack's defaults."""
     dormancy = run_attack("dormancy", ctx, **(QUICK_DORMANCY if quick else {}))
+    release_freed_memory()  # the passive thieves' models and features, before the searches
     wake = run_attack("wake", ctx, **(QUICK_WAKE if quick else {}))
     rows = []
     for row in dormancy.table:

@@ -54,7 +54,7 @@ def per_query_wakeup(
     steps: int = 20,
     restarts: int = 2,
     seed: int = 0,
-    batch: int = 500,
+    batch: int = 125,  # queries searched at once: their activations are kept for the gradient
 ) -> torch.Tensor:
     """Each image of ``x`` moved inside an L2 ball of ``radius`` towards a confident answer that
     is not the dormant class: normalised gradient steps (2.5 x radius / steps each) on the
