@@ -504,8 +504,8 @@ def threat_model(page: str) -> str:
     commit = str((run or {}).get("commit") or "unknown")
     lines = [start, GENERATED.strip(), ""]
     lines.append(
-        f"The shipped recipe as `{command(run)}` measured it (commit `{commit[:7]}`, seed "
-        f"{(run or {}).get('seed', '?')}, {machine(run)}):"
+        f"The shipped recipe as `{command(run)}` measured it (commit "
+        f"`{short_commit(commit)}`, seed {(run or {}).get('seed', '?')}, {machine(run)}):"
     )
     lines += [""] + thieves_table(thieves) + [end]
     before, rest = page.split(start, 1)
@@ -663,8 +663,9 @@ def headline(readme: str) -> str:
             config = yaml.safe_load((DATA / "demo" / "config.yaml").read_text())
         note = reduced_scale(config)
         lines.append(
-            f"`{command(run)}` at commit `{commit[:7]}`, seed {(run or {}).get('seed', '?')}, "
-            f"{machine(run)}; paper: CIFAR-10, GPU. Details and freshness: "
+            f"`{command(run)}` at commit `{short_commit(commit)}`, seed "
+            f"{(run or {}).get('seed', '?')}, {machine(run)}; paper: CIFAR-10, GPU. "
+            "Details and freshness: "
             "[docs/results/demo.md](docs/results/demo.md)."
         )
         if note:
