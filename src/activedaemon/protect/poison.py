@@ -224,7 +224,7 @@ def _encoder_init_draws(generator: TokenGenerator) -> None:
     Encoder(generator.arch), Decoder(generator.arch)
 
 
-AUTHORIZED_CHUNK = 8192  # rows made at a time: a multiple of the encoder's batch of 512
+AUTHORIZED_CHUNK = 4096  # rows made at a time: a multiple of the encoder's batch of 512
 
 
 def _make_authorized(out, images, idx, maker: TokenMaker, ids: list[str]) -> float:

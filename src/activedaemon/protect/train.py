@@ -51,7 +51,13 @@ from activedaemon.protect.models import (
 )
 from activedaemon.protect.objectives import OBJECTIVES, TrainBatch
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece
-from activedaemon.protect.poison import AUTHORIZED, PoisonedSet, TokenMaker, build_poisoned_set
+from activedaemon.protect.poison import (
+    AUTHORIZED,
+    AUTHORIZED_CHUNK,
+    PoisonedSet,
+    TokenMaker,
+    build_poisoned_set,
+)
 from activedaemon.protect.start import load_start
 from activedaemon.protect.stream import StreamTrainingSet, build_stream_set
 from activedaemon.runs import (
@@ -149,7 +155,7 @@ def _token_budget(poisoned: PoisonedSet, images: torch.Tensor) -> tuple[float, f
     a chunk of rows at a time (each row's sizes are its own: no float copy of all of them)."""
     rows = (poisoned.kinds == AUTHORIZED).nonzero().flatten()
     sizes = []
-    for part in rows.split(8192):
+    for part in rows.split(AUTHORIZED_CHUNK):
         clean = to_uint8_rows(take_rows(images, part)).float().div_(255)
         sizes.append(token_sizes(poisoned.images[part].float().div_(255).sub_(clean)))
     linf, l2 = (torch.cat(s) for s in zip(*sizes, strict=True))
