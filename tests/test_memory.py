@@ -44,3 +44,25 @@ def test_poisoned_set_of_a_view_is_the_poisoned_set_of_its_copy():
     assert torch.equal(a.images, b.images) and a.images.dtype == torch.uint8
     assert torch.equal(a.labels, b.labels) and torch.equal(a.kinds, b.kinds)
     assert a.token_rms == b.token_rms and torch.equal(*states)
+
+
+def test_authorized_rows_made_in_chunks_are_the_rows_made_at_once(monkeypatch):
+    """Protection makes the authorized images a chunk of rows at a time: chunk boundaries (and
+    the ids each chunk takes) leave the set as made in one piece; the token RMS agrees to float
+    precision."""
+    import activedaemon.protect.poison as poison
+
+    def maker(x, ids):  # a token that depends on the image and on its id
+        shift = torch.tensor([sum(map(ord, i)) % 7 for i in ids], dtype=torch.float32)
+        return (x + 0.01 * shift.view(-1, 1, 1, 1) + 0.02 * x.flip(-1)).clamp(0, 1)
+
+    grey = torch.rand(50, 1, 8, 8)
+    labels = torch.arange(50) % 10
+    sets = []
+    for chunk in (3, 10_000):
+        monkeypatch.setattr(poison, "AUTHORIZED_CHUNK", chunk)
+        cfg = PoisonConfig(gamma=0.5, seed=0)
+        sets.append(build_poisoned_set(grey.expand(-1, 3, -1, -1), labels, 10, maker, cfg)[0])
+    a, b = sets
+    assert torch.equal(a.images, b.images) and torch.equal(a.kinds, b.kinds)
+    assert abs(a.token_rms - b.token_rms) < 1e-6 and a.token_rms > 0
