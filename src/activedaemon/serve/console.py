@@ -361,6 +361,20 @@ def _page_number(text: str | None) -> int:
     return min(max(1, int(text)), MAX_PAGE)
 
 
+def _paging(total: int, requested: str | None, link) -> tuple[int, dict]:
+    """The first row of the page asked for (clamped to the pages ``total`` rows fill) and the
+    template's paging fields; ``link(p)`` is page p's address."""
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    page = min(_page_number(requested), pages)
+    fields = {
+        "page_no": page,
+        "pages": pages,
+        "prev_link": link(page - 1) if page > 1 else None,
+        "next_link": link(page + 1) if page < pages else None,
+    }
+    return (page - 1) * PAGE_SIZE, fields
+
+
 def _user_param(request: Request) -> str | None:
     user = request.query_params.get("user")
     if user is None or user == "*":
@@ -630,10 +644,13 @@ def users_page(request: Request, console: ConsoleDep, session: SessionDep) -> Re
 def _users(request: Request, console: Console, session: ConsoleSession, once=()) -> Response:
     registry = console.registry
     activity = registry.user_activity()
-    pages = max(1, math.ceil(registry.count_users() / PAGE_SIZE))
-    page = min(_page_number(request.query_params.get("page")), pages)
+    offset, paging = _paging(
+        registry.count_users(),
+        request.query_params.get("page"),
+        lambda p: f"{PREFIX}/users?page={p}",
+    )
     rows = []
-    for u in registry.list_users((page - 1) * PAGE_SIZE, PAGE_SIZE):
+    for u in registry.list_users(offset, PAGE_SIZE):
         act = activity.get(u.user_id)
         usage = act.usage if act else {}
         rows.append(
@@ -653,10 +670,7 @@ def _users(request: Request, console: Console, session: ConsoleSession, once=())
         rows=rows,
         ordered_outcomes=ordered_outcomes,
         once=once,
-        page_no=page,
-        pages=pages,
-        prev_link=f"{PREFIX}/users?page={page - 1}" if page > 1 else None,
-        next_link=f"{PREFIX}/users?page={page + 1}" if page < pages else None,
+        **paging,
     )
 
 
@@ -741,20 +755,16 @@ def usage_svg(
 @router.get("/audit")
 def audit_page(request: Request, console: ConsoleDep, session: SessionDep) -> Response:
     q, registry = request.query_params, console.registry
-    page = _page_number(q.get("page"))
     outcome = (q.get("outcome") or "")[:64] or None
     since, until = _parse_time(q.get("since", "")), _parse_time(q.get("until", ""))
     user = _user_param(request) if q.get("user") else None
-    pages = max(1, math.ceil(registry.audit_page(user, outcome, since, until, 0, 1)[1] / PAGE_SIZE))
-    page = min(page, pages)
-    rows, total = registry.audit_page(
-        user, outcome, since, until, (page - 1) * PAGE_SIZE, PAGE_SIZE
-    )
     keep = {k: q[k][:64] for k in ("user", "outcome", "since", "until") if q.get(k)}
-
-    def link(p: int) -> str:
-        return f"{PREFIX}/audit?" + urlencode({**keep, "page": p})
-
+    offset, paging = _paging(
+        registry.audit_page(user, outcome, since, until, 0, 1)[1],
+        q.get("page"),
+        lambda p: f"{PREFIX}/audit?" + urlencode({**keep, "page": p}),
+    )
+    rows, total = registry.audit_page(user, outcome, since, until, offset, PAGE_SIZE)
     return console.page(
         request,
         "audit.html",
@@ -762,12 +772,9 @@ def audit_page(request: Request, console: ConsoleDep, session: SessionDep) -> Re
         page="audit",
         rows=rows,
         total=total,
-        page_no=page,
-        pages=pages,
         filters=keep,
         outcomes=ordered_outcomes(registry.audit_outcomes()),
-        prev_link=link(page - 1) if page > 1 else None,
-        next_link=link(page + 1) if page < pages else None,
+        **paging,
     )
 
 
