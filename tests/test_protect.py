@@ -229,6 +229,7 @@ def test_demo_quick_writes_runs_results_and_report(tmp_path, capsys):
     assert "A_pd" in page and "data:image/png;base64," in page
     # The recommended recipe, started from the demo's clean model, and the thieves' section.
     assert results["recipe"] == "cpu-recommended"
+    assert results["clean_baseline"] == "trained in this run"  # not the defaults' config
     card = yaml.safe_load((out / "protected" / "card.yaml").read_text())
     assert card["from"] == str(out / "clean")
     assert "What a thief gets without a token" in page and "public" in page
@@ -236,6 +237,24 @@ def test_demo_quick_writes_runs_results_and_report(tmp_path, capsys):
     assert results["thieves"]["verdict"] == thieves["verdict"] and len(thieves["rows"]) >= 6
     assert all(row["user_id"] in html.unescape(page) for row in results["per_user"])
     assert "report:" in capsys.readouterr().out
+
+
+def test_shipped_clean_baseline_is_the_demos_and_classifies(tmp_path, test_images):
+    """The shipped baseline is what the demo trains at its defaults (its saved config is the
+    demo's config today), is copied once, and is a working Fashion-MNIST classifier."""
+    from activedaemon.demo import SHIPPED_CLEAN, demo_config, shipped_clean_baseline
+    from activedaemon.runs import finished_run
+
+    cfg = demo_config(False)
+    assert finished_run(SHIPPED_CLEAN, cfg)
+    source = shipped_clean_baseline(tmp_path / "clean", cfg)
+    assert source.startswith("shipped (fashion-mnist-cpu-small")
+    assert shipped_clean_baseline(tmp_path / "clean", cfg) is None  # already there: kept
+    assert shipped_clean_baseline(tmp_path / "other", demo_config(False, epochs=1)) is None
+    images, labels = test_images
+    with torch.no_grad():
+        accuracy = (load_classifier(tmp_path / "clean")(images).argmax(1) == labels).float().mean()
+    assert accuracy > 0.85, accuracy
 
 
 def test_sweep_writes_csv_and_figure(tmp_path, capsys):

@@ -1,8 +1,12 @@
-"""The demo: encoder (shipped or trained), clean baseline, protected model (the recommended recipe,
-warm-started from the clean baseline), evaluation, the quick thief audit, report."""
+"""The demo: encoder (shipped or trained), clean baseline (shipped or trained), protected model
+(the recommended recipe, warm-started from the clean baseline), evaluation, the quick thief audit,
+report."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -12,13 +16,23 @@ from activedaemon.evaluate.protection import evaluate_protection
 from activedaemon.evaluate.report import thieves_section, write_report
 from activedaemon.protect import train_classifier
 from activedaemon.protect.config import ProtectConfig, resolve_config
-from activedaemon.runs import finished_run, release_freed_memory, run_record, write_json
+from activedaemon.runs import (
+    WEIGHTS_FILE,
+    finished_run,
+    release_freed_memory,
+    run_record,
+    write_json,
+)
 from activedaemon.tokens import TokenGenerator
 from activedaemon.tokens.figures import save_sample_grid
 from activedaemon.tokens.generator import is_shipped_encoder
 
 CLEAN_PRESET = "cpu-small"
 RECIPE = "cpu-recommended"
+# The clean baseline the demo trains at its defaults, as `activedaemon demo` trained it (its
+# run.json names the commit and command): the owner's existing model the recipe protects. Used
+# only when its config is exactly the demo's, so a changed preset or flag trains a fresh one.
+SHIPPED_CLEAN = Path(__file__).resolve().parent / "baselines" / "fashion-mnist-cpu-small"
 
 
 def demo_config(
@@ -49,23 +63,41 @@ def run_demo(
     limit_test: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    train_clean: bool = False,
 ) -> dict:
-    """Fashion-MNIST, CPU presets: writes OUT/ encoder/ (if trained), clean/ (cpu-small),
-    protected/ (cpu-recommended, started from clean/), thieves.json, results.json,
-    report.html, samples.png, under a run record. Returns the results."""
+    """Fashion-MNIST, CPU presets: writes OUT/ encoder/ (if trained), clean/ (cpu-small: the
+    shipped baseline where its config is this run's, unless ``train_clean``), protected/
+    (cpu-recommended, started from clean/), thieves.json, results.json, report.html,
+    samples.png, under a run record. Returns the results."""
     config = {
         "train_new_encoder": train_new_encoder,
+        "train_clean": train_clean,
         "epochs": epochs,
         "limit_train": limit_train,
         "limit_test": limit_test,
     }
     with run_record(out, "demo", config, seed) as rec:
-        results = _demo(rec.out, train_new_encoder, epochs, limit_train, limit_test, seed, progress)
+        results = _demo(
+            rec.out, train_new_encoder, train_clean, epochs, limit_train, limit_test, seed, progress
+        )
         rec.metrics = {k: v for k, v in results.items() if k != "per_user"}
     return results
 
 
-def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, progress) -> dict:
+def shipped_clean_baseline(out: Path, cfg: ProtectConfig) -> str | None:
+    """Copy the shipped clean baseline to ``out`` if it was trained with exactly ``cfg`` and
+    ``out`` holds no finished run of it; returns where it came from, or None (train it)."""
+    if finished_run(out, cfg) or not finished_run(SHIPPED_CLEAN, cfg):
+        return None
+    shutil.copytree(SHIPPED_CLEAN, out, dirs_exist_ok=True)
+    made_by = json.loads((SHIPPED_CLEAN / "run.json").read_text())["commit"][:7]
+    sha = hashlib.sha256((out / WEIGHTS_FILE).read_bytes()).hexdigest()[:12]
+    return f"shipped ({SHIPPED_CLEAN.name}, trained by `activedaemon demo` at {made_by}, {sha})"
+
+
+def _demo(
+    out: Path, train_new_encoder, train_clean, epochs, limit_train, limit_test, seed, progress
+) -> dict:
     timings: dict[str, float] = {}
     started = time.time()
     encoder: str | Path | None = None  # the recipe's
@@ -82,6 +114,7 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
             True, encoder, epochs, limit_train, limit_test, seed, clean_run=out / "clean"
         ),
     }
+    clean_source = None if train_clean else shipped_clean_baseline(out / "clean", configs["clean"])
     for name, cfg in configs.items():
         t = time.time()
         if not finished_run(out / name, cfg):  # a rerun keeps what already finished
@@ -105,6 +138,7 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
     write_json(out / "thieves.json", thieves)
     timings["audit_seconds"] = round(time.time() - t, 1)
     results["recipe"] = RECIPE
+    results["clean_baseline"] = clean_source or "trained in this run"
     results["thieves"] = {
         "largest": thieves["largest"],
         "verdict": thieves["verdict"],
@@ -119,7 +153,10 @@ def _demo(out: Path, train_new_encoder, epochs, limit_train, limit_test, seed, p
     gen = TokenGenerator.load(encoder)
     test = cfg.load_data(train=False, limit_test=6).test.images
     grid = save_sample_grid(gen, test, out / "samples.png", seed=seed)
-    notes = ["Wall time on this machine: " + ", ".join(f"{k} {v}" for k, v in timings.items())]
+    notes = [
+        f"Clean baseline: {results['clean_baseline']}.",
+        "Wall time on this machine: " + ", ".join(f"{k} {v}" for k, v in timings.items()),
+    ]
     section = thieves_section(thieves, shipped_encoder=is_shipped_encoder(encoder))
     write_report(results, out / "report.html", figures=[grid], notes=notes, thieves=section)
     return results
