@@ -119,6 +119,17 @@ SETTINGS = {
             "step": 0.2,
         },
     },
+    "warm+key-refresh": {  # and a key searched from scratch (40 steps) joins every 25 batches
+        **WARM,
+        "adversarial": {
+            "fraction": 0.5,
+            "objective": "im",
+            "budget_scale": 1.0,
+            "pool": 4,
+            "refresh_every": 25,
+            "refresh_steps": 40,
+        },
+    },
     "warm-plain+key-im": {
         **{k: v for k, v in WARM.items() if k not in ("encoder", "transit")},
         "adversarial": {"fraction": 0.5, "objective": "im", "budget_scale": 1.0},

@@ -181,6 +181,35 @@ def test_label_free_pool_attacker_lowers_information_maximisation():
     assert neg.pool.abs().max() <= 0.3 + 1e-6
 
 
+def test_refresh_replaces_the_oldest_member_with_a_searched_key():
+    """A refresh searches from a fresh start on the model in eval mode: the new member beats the
+    one it replaces on the thief's loss, stays in the budget, and the next refresh takes the next
+    member; the model's weights, BatchNorm statistics and mode are left as they were."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10), nn.BatchNorm1d(10))
+    model[1].weight.data *= 20
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = AdversarialConfig(fraction=0.5, pool=2, budget_scale=1.0, objective="im",
+                            refresh_every=1, refresh_steps=30)  # fmt: skip
+    neg = UniversalNegatives(cfg, (3, 8, 8), 0.3, 3.0, seed=0, device=torch.device("cpu"))
+    x, labels = torch.rand(32, 3, 8, 8), torch.zeros(32, dtype=torch.long)
+    model.eval()
+
+    def im_loss(member):
+        with torch.no_grad():
+            return information_maximisation(model((x + neg.pool[member]).clamp(0, 1))).item()
+
+    before, second = im_loss(0), neg.pool[1].clone()
+    model.train()
+    neg.refresh(model, x, labels)
+    assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    model.eval()
+    assert im_loss(0) < before - 0.05 and torch.equal(neg.pool[1], second)
+    assert neg.pool.abs().max() <= 0.3 + 1e-6 and neg.oldest == 1
+    with pytest.raises(ValueError, match="refresh"):
+        ProtectConfig.from_dict({"adversarial": {"fraction": 0.5, "refresh_every": -1}})
+
+
 def test_adversarial_negatives_stay_in_budget_and_train(tiny_encoder, tmp_path):
     cfg = AdversarialConfig(fraction=0.5, pool=3, step=0.5, budget_scale=1.0)
     neg = UniversalNegatives(cfg, (3, 8, 8), 0.1, 0.5, seed=0, device=torch.device("cpu"))

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from activedaemon.protect.objectives import TrainBatch, information_maximisation
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece
-from activedaemon.protect.poison import AUTHORIZED
+from activedaemon.protect.poison import AUTHORIZED, CLEAN
 
 # What the pool's attacker lowers, from the perturbed rows' logits and their true labels.
 ATTACKER_LOSSES = {
@@ -37,8 +37,15 @@ class AdversarialConfig:
     step: float = 0.05  # each update moves a perturbation by step * (its L-inf budget) per pixel
     budget_scale: float = 1.5  # budget relative to the median real token (margin over the attack)
     objective: str = "labels"  # the pool's attacker: "labels" (true labels) or "im" (none)
+    # Every refresh_every batches (0: never) the oldest member is replaced by a key searched from
+    # a fresh random start for refresh_steps Adam steps on the current model, as a thief searches
+    # after training: the one-step-per-batch pool alone chases keys the model has seen.
+    refresh_every: int = 0
+    refresh_steps: int = 40
 
     def validate(self) -> None:
+        if self.refresh_every < 0 or self.refresh_steps < 1:
+            raise ValueError("adversarial.refresh_every >= 0 and refresh_steps >= 1 are required")
         if not 0 <= self.fraction <= 1:
             raise ValueError(f"adversarial.fraction must be in [0, 1], got {self.fraction}")
         if self.pool < 1 or self.step <= 0 or self.budget_scale <= 0:
@@ -90,6 +97,26 @@ class UniversalNegatives:
         self.gen = torch.Generator().manual_seed(seed)
         start = (torch.rand((cfg.pool, *shape), generator=self.gen) * 2 - 1) * self.linf
         self.pool = project(start, self.linf, self.l2).to(device)
+        self.oldest = 0  # the member a refresh replaces next
+
+    def refresh(self, model: torch.nn.Module, x: torch.Tensor, true_labels: torch.Tensor) -> None:
+        """Replace the oldest member by a key searched from a fresh random start on ``model`` in
+        eval mode (as a thief runs it) over the clean images ``x``: Adam at a tenth of the L-inf
+        budget, projected after every step (the ``wake`` attack's label-free key)."""
+        was_training = model.training
+        model.eval()
+        start = (torch.rand((1, *x.shape[1:]), generator=self.gen) * 2 - 1) * self.linf
+        delta = project(start, self.linf, self.l2).to(x.device).requires_grad_(True)
+        opt = torch.optim.Adam([delta], lr=self.linf / 10)
+        for _ in range(self.cfg.refresh_steps):
+            loss = ATTACKER_LOSSES[self.cfg.objective](model((x + delta).clamp(0, 1)), true_labels)
+            (delta.grad,) = torch.autograd.grad(loss, delta)  # no gradient into the weights
+            opt.step()
+            with torch.no_grad():
+                delta.copy_(project(delta, self.linf, self.l2))
+        model.train(was_training)
+        self.pool[self.oldest] = delta.detach()[0]
+        self.oldest = (self.oldest + 1) % self.cfg.pool
 
     def perturb(self, x: torch.Tensor, unauthorized: torch.Tensor):
         """Add one pool member to a ``fraction`` of the unauthorized rows of the batch ``x``.
@@ -138,8 +165,13 @@ class AdversarialPiece(TrainingPiece):
             device=env.device,
         )
         self.step: tuple | None = None
+        self.batches = 0
 
     def perturb(self, x: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+        self.batches += 1
+        clean = batch.kinds == CLEAN
+        if self.cfg.refresh_every and self.batches % self.cfg.refresh_every == 0 and clean.any():
+            self.negatives.refresh(self.env.model, x[clean], batch.true_labels[clean])
         x, rows, j, delta = self.negatives.perturb(x, batch.kinds != AUTHORIZED)
         self.step = None if rows is None else (rows, j, delta)
         return x
