@@ -569,8 +569,9 @@ def attacks_page() -> str | None:
     out = [
         GENERATED,
         "# The attack suite\n",
-        "`activedaemon attack all` on a protected model: each attack's headline figures, its",
-        "target and verdict (see [The lock audit](../guides/lock-audit.md) for what each does).\n",
+        "`activedaemon attack` on a protected model (the command below names the model and the",
+        "attacks): each attack's headline figures, its target and verdict (see [The lock",
+        "audit](../guides/lock-audit.md) for what each does).\n",
         provenance("attacks", run, "docs/results/data/attacks/attacks.json"),
     ]
     fast = report.get("fast") or config.get("fast") or "--fast" in ((run or {}).get("argv") or [])
