@@ -31,6 +31,7 @@ HOLDS = {
     "universal key, cross-entropy": "labelled images",
     "source-free adaptation (SHOT)": "unlabelled images",
     "full fine-tuning": "labelled images",
+    "BatchNorm re-estimated, output": "unlabelled images",
 }
 
 

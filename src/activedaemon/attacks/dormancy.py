@@ -168,7 +168,9 @@ def dormancy(
     """The dormancy audit. Thieves without a token, each beside its honest alternative measured
     in the same run:
     (1) runner-up label: mask the class the model gives most clean images and read the rest's
-    ranking (alternative: chance, 1/K; the true label in the top 3: 3/K);
+    ranking (alternative: chance, 1/K; the true label in the top 3: 3/K); the stolen model with
+    its BatchNorm statistics re-estimated on the thief's p % images (labels unused), read at its
+    output (alternative: chance);
     (2) linear probes on the frozen backbone at the output of every stage (channels average-pooled
     to 1x1 and to 2x2), trained on p % of the labelled training data; the thief also tries the
     stolen model with its BatchNorm statistics re-estimated on its own images and keeps the
@@ -210,6 +212,10 @@ def dormancy(
         # The thief may re-estimate BatchNorm on its images; so may the random-weight baseline.
         stolen_bn = recalibrate_batchnorm(copy.deepcopy(ctx.model), x)
         random_bn = [recalibrate_batchnorm(copy.deepcopy(m), x) for m in randoms]
+        # The same re-estimated model read at its output: no labels, no training, one pass.
+        got = ctx.acc(ctx.test_x, model=stolen_bn)
+        metrics[f"bn_output_{tag}"], gains[f"bn_output_{tag}"] = got, got - 100 / k
+        table.append(_row("BatchNorm re-estimated, output", p, "output", got, "chance", 100 / k))
         args = (names, pools, (x, y), (ctx.test_x, ctx.test_y), k)
         thief = _best_probes([ctx.model, stolen_bn], *args)
         alt = _best_probes(randoms + random_bn, *args)
@@ -238,12 +244,8 @@ def dormancy(
     worst = max(gains, key=gains.get)
     metrics.update({f"gain_{g}": v for g, v in gains.items()})
     metrics["max_gain"] = gains[worst]
-    probe_and_tune = [v for g, v in gains.items() if not g.startswith("runner_up")]
-    ok = (
-        max(probe_and_tune) <= GAIN_LIMIT
-        and gains["runner_up"] <= 5
-        and gains["runner_up_top3"] <= 5
-    )
+    passive = [v for g, v in gains.items() if not g.startswith("runner_up")]
+    ok = max(passive) <= GAIN_LIMIT and gains["runner_up"] <= 5 and gains["runner_up_top3"] <= 5
     notes.insert(0, f"largest gain: {worst} {gains[worst]:+.1f} points over its alternative")
     return AttackResult(
         metrics,
