@@ -512,6 +512,107 @@ def threat_model(page: str) -> str:
     return before + "\n".join(lines) + rest.split(end, 1)[1]
 
 
+def _largest(metrics: dict, prefix: str, tags: tuple[str, ...]) -> tuple[float, str] | None:
+    """The largest ``gain_<prefix>...`` metric whose name ends with one of ``tags``."""
+    found = [
+        (v, k[len("gain_") :])
+        for k, v in metrics.items()
+        if k.startswith(f"gain_{prefix}") and k.endswith(tags)
+    ]
+    return max(found) if found else None
+
+
+def target_rows(demo: dict, thieves: dict, audit: dict) -> list[tuple[str, str, str, str]]:
+    """(target, measured, met or by how much it is missed, source) for every target the lock is
+    held to, from the demo's results and quick audit and the full audit of the same recipe."""
+    rows: list[tuple[str, str, str, str]] = []
+    quick = {r["thief"]: r for r in thieves.get("rows", [])}
+    attacks = audit.get("attacks", {})
+    dormancy = attacks.get("dormancy", {}).get("metrics", {})
+    wake = attacks.get("wake", {}).get("metrics", {})
+    stolen = attacks.get("stolen", {}).get("metrics", {})
+    a_ud, full_ud = demo.get("A_ud"), (audit.get("baseline") or {}).get("A_ud")
+
+    def add(target, value, limit, source, shown=None, above=True):
+        if value is None:
+            return rows.append((target, "not measured", "-", source))
+        miss = value - limit if above else limit - value
+        met = "met" if miss <= 0 else f"missed by {miss:.2f}"
+        rows.append((target, shown or fmt(float(value)), met, source))
+
+    add("A_od >= -1", demo.get("A_od"), -1, "demo", above=False)
+    for thief, limit in (("runner-up label", 15), ("true label in runner-up top 3", 35)):
+        add(f"{thief} <= {limit} %", (quick.get(thief) or {}).get("thief (%)"), limit, "demo")
+    for name, key in (("moved token", "A_td_mismatched"), ("Gaussian token", "A_td_gaussian")):
+        if demo.get(key) is not None and a_ud is not None:
+            add(f"{name} within 3 of A_ud ({fmt(a_ud)})", demo[key], a_ud + 3, "demo")
+    bn = quick.get("BatchNorm re-estimated, output")
+    if bn and a_ud is not None:
+        add(f"BatchNorm re-estimation within 3 of A_ud ({fmt(a_ud)})", bn["thief (%)"], a_ud + 3,
+            "demo")  # fmt: skip
+    total = (demo.get("timings") or {}).get("total_seconds")
+    if total:
+        add("`activedaemon demo` <= 10 minutes", total / 60, 10, "demo", f"{total / 60:.1f} min")
+    if full_ud is None:
+        return rows
+    residuals = [v for k, v in stolen.items() if k.startswith("mean_residual_K")]
+    if residuals:
+        add(f"mean residual of wiretapped authorized images within 3 of A_ud ({fmt(full_ud)})",
+            max(residuals), full_ud + 3, "full audit")  # fmt: skip
+    probe = _largest(dormancy, "probe", ("_p1", "_p10"))
+    if probe:
+        add("every linear probe within +3 of random weights (1 %, 10 % labels)", probe[0], 3,
+            "full audit", f"+{probe[0]:.2f} ({probe[1]})")  # fmt: skip
+    for b in ("0.5", "1", "2"):
+        value = wake.get(f"per_query_x{b}")
+        limit = "<= A_ud + 10" if b == "0.5" else "reported"
+        if value is not None and b == "0.5":
+            add(f"per-query wake-up at {b} x a token {limit}", value, full_ud + 10, "full audit")
+        elif value is not None:
+            rows.append((f"per-query wake-up at {b} x a token ({limit})", fmt(value), "-",
+                         "full audit"))  # fmt: skip
+    if wake.get("label_free_key_x1") is not None:
+        add("label-free universal key at 1 x a token <= A_ud + 10", wake["label_free_key_x1"],
+            full_ud + 10, "full audit")  # fmt: skip
+    metrics = {**dormancy, **wake}
+    few = [g for g in (_largest(metrics, p, ("_p1", "_p10")) for p in ("finetune", "labelled"))]
+    few += [(metrics["gain_shot"], "shot")] if "gain_shot" in metrics else []
+    for gain, name in [g for g in few if g]:
+        add(f"few-label thief within +3 of its alternative (1 %, 10 %): {name}", gain, 3,
+            "full audit", f"+{gain:.2f}")  # fmt: skip
+    for prefix in ("finetune", "labelled_key"):
+        gain = metrics.get(f"gain_{prefix}_p0.2")
+        if gain is not None:
+            rows.append((f"0.2 % of the labels ({prefix}): reported", f"+{gain:.2f}", "-",
+                         "full audit"))  # fmt: skip
+    return rows
+
+
+def targets_block(page: str) -> str:
+    """The threat model's targets table, from the demo's artefacts and the full audit's."""
+    start, end = "<!-- targets:start -->", "<!-- targets:end -->"
+    demo, thieves = (read_json(DATA / "demo" / f) for f in ("results.json", "thieves.json"))
+    audit, run = (read_json(DATA / "attacks" / f) for f in ("attacks.json", "run.json"))
+    if start not in page or demo is None or thieves is None:
+        return page
+    full = audit is not None and not audit.get("fast")
+    lines = [start, GENERATED.strip(), ""]
+    lines.append(
+        "Sources: *demo* is the demo's run above (evaluation on 10,000 test images, quick "
+        "audit); *full audit* is "
+        + (f"`{command(run)}` (commit `{short_commit((run or {}).get('commit'))}`, "
+           f"seed {(run or {}).get('seed', '?')}, {machine(run)})" if full else
+           "not recorded (no full audit in `docs/results/data/attacks/`)")
+        + ". Accuracies in %, gains in points."
+    )  # fmt: skip
+    lines += ["", "| target | measured | verdict | source |", "|---|---|---|---|"]
+    for target, value, verdict, source in target_rows(demo, thieves, audit if full else {}):
+        lines.append(f"| {target} | {value} | {verdict} | {source} |")
+    lines.append(end)
+    before, rest = page.split(start, 1)
+    return before + "\n".join(lines) + rest.split(end, 1)[1]
+
+
 def encoders_page() -> str:
     out = [
         GENERATED,
@@ -720,7 +821,7 @@ def pages() -> dict[Path, str]:
         DOCS / "reference" / "http-api.md": http_page(schema),
         DOCS / "results" / "index.md": results_index(results),
         ROOT / "README.md": headline((ROOT / "README.md").read_text()),
-        threats: threat_model(threats.read_text()),
+        threats: targets_block(threat_model(threats.read_text())),
     }
     for name, text in results.items():
         if text is not None:
