@@ -130,6 +130,9 @@ SETTINGS = {
             "refresh_steps": 40,
         },
     },
+    # BatchNorm trained under the clean rows' statistics: re-estimating them on clean images (a
+    # thief's free first step) finds what the model was trained with.
+    "warm+clean-bn": {**WARM, "clean_bn": {"enabled": True}},
     "warm-plain+key-im": {
         **{k: v for k, v in WARM.items() if k not in ("encoder", "transit")},
         "adversarial": {"fraction": 0.5, "objective": "im", "budget_scale": 1.0},

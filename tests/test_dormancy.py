@@ -1,11 +1,13 @@
 """Deep dormancy: the audit's thieves keep their defining properties, and the protection options
 that aim at dormancy train."""
 
+import copy
 import json
 
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from activedaemon.attacks import run_attack
 from activedaemon.attacks.dormancy import (
@@ -154,3 +156,33 @@ def test_cross_fitted_probe_scores_class_information_and_not_noise():
     assert signal.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="dormancy.measure"):
         ProtectConfig.from_dict({"dormancy": {"measure": "nope"}})
+
+
+def test_clean_referenced_batchnorm_uses_and_keeps_the_clean_rows_statistics():
+    """Training mode: the clean rows' statistics normalize the whole batch and alone move the
+    running statistics (as a plain BatchNorm fed only those rows); closing the piece leaves plain
+    BatchNorm2d layers with the same state keys."""
+    from activedaemon.protect.clean_bn import CleanBNConfig, CleanBNPiece
+    from activedaemon.protect.pieces import PieceEnv
+    from activedaemon.protect.poison import AUTHORIZED, CLEAN
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    plain = copy.deepcopy(model[1])
+    keys = set(model.state_dict())
+    env = PieceEnv(model=model, device=torch.device("cpu"), num_classes=10, seed=0, rank=0)
+    piece = CleanBNPiece(CleanBNConfig(enabled=True), env)
+    x = torch.rand(8, 3, 6, 6)
+    kinds = torch.tensor([CLEAN] * 3 + [AUTHORIZED] * 5)
+    x[3:] += 5  # the other rows' statistics are far from the clean ones
+    model.train()
+    out = model(piece.perturb(x, TrainBatch(None, kinds, kinds=kinds)))
+    features = model[0](x)
+    expected = plain.train()(features[:3])  # a plain BatchNorm that sees only the clean rows
+    assert torch.allclose(out[:3], expected, atol=1e-5)
+    assert torch.allclose(model[1].running_mean, plain.running_mean, atol=1e-6)
+    assert torch.allclose(model[1].running_var, plain.running_var, atol=1e-5)
+    piece.close()
+    assert type(model[1]) is nn.BatchNorm2d and set(model.state_dict()) == keys
+    with pytest.raises(ValueError, match="clean_bn"):
+        CleanBNPiece(CleanBNConfig(enabled=True), PieceEnv(nn.Linear(2, 2), env.device, 2, 0, 0))
