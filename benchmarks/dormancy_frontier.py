@@ -198,6 +198,7 @@ def measure(name: str, run: Path, clean: Path, args: argparse.Namespace) -> dict
         "runner_up_top3": audit.metrics["runner_up_top3"],
         "max_probe_gain": max(v for k, v in gains.items() if k.startswith("probe")),
         "max_finetune_gain": max(v for k, v in gains.items() if k.startswith("finetune")),
+        "bn_output": _bn_output({"audit": audit.to_dict()}),
         "audit_settings": args.audit,
         "max_gain": gains[worst],
         "max_gain_thief": worst,
@@ -294,6 +295,12 @@ def run(names: list[str], args: argparse.Namespace) -> list[dict]:
     return write_tables(rows, args)
 
 
+def _bn_output(row: dict) -> float | None:
+    """The BatchNorm thief of a saved row's audit (None: measured before that thief existed)."""
+    metrics = (row.get("audit") or {}).get("metrics") or {}
+    return max((v for k, v in metrics.items() if k.startswith("bn_output")), default=None)
+
+
 def merged_rows(folder: Path) -> list[dict]:
     """The rows of a frontier folder, or of a demo folder (its protected model as one row, with
     the quick audit: the frontier's warm+wakeup1 training when the demo starts from this run's
@@ -302,7 +309,7 @@ def merged_rows(folder: Path) -> list[dict]:
     started = json.loads((folder / "run.json").read_text())["commit"]
     if (folder / "frontier.json").is_file():
         saved = json.loads((folder / "frontier.json").read_text())
-        return [{"commit": started, **r} for r in saved["rows"]]
+        return [{"commit": started, "bn_output": _bn_output(r), **r} for r in saved["rows"]]
     results = json.loads((folder / "results.json").read_text())
     thieves = json.loads((folder / "thieves.json").read_text())
     # The folder's name is the setting's (the demo of another recipe is named by its folder).
@@ -327,6 +334,7 @@ def merged_rows(folder: Path) -> list[dict]:
     probes = [r["gain"] for t, r in by_thief.items() if t.startswith("best linear probe")]
     row["max_probe_gain"] = max(probes) if probes else None
     row["max_finetune_gain"] = by_thief["full fine-tuning"]["gain"]
+    row["bn_output"] = (by_thief.get("BatchNorm re-estimated, output") or {}).get("thief (%)")
     row["max_gain"], row["max_gain_thief"] = thieves["largest"]["gain"], thieves["largest"]["thief"]
     return [row]
 

@@ -441,6 +441,7 @@ FRONTIER_COLUMNS = [
     ("A_ud", "A_ud"),
     ("A_od", "A_od"),
     ("runner_up", "runner-up"),
+    ("bn_output", "BatchNorm re-estimated"),
     ("per_query_x0.5", "per-query 0.5x"),
     ("per_query_x1", "per-query 1x"),
     ("label_free_key_x1", "label-free key 1x"),
