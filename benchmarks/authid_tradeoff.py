@@ -7,7 +7,7 @@ how often the server reads the message back (BCH), how often the image hash it r
 verifies the MAC (the hash must survive the token and the JPEG), how often a token lifted onto
 another image passes, and the per-try forgery probability 2^(retry - MAC bits).
 
-Then the nudge attack on image binding (issue 16, finding 6), for the bound layouts: an attacker
+Then the nudge attack on image binding, for the bound layouts: an attacker
 holds ``--pool`` authorized images of one user. For each of ``--targets`` new images it reads the
 message of every pooled image (the decoder is public), picks the one whose hash (recomputed on the
 authorized image) is cheapest to reach from the new image, nudges the new image within

@@ -1,4 +1,4 @@
-"""Our token networks against the authors' StegaStamp ones, at 32 and 224 px (issue 14, item 2).
+"""Our token networks against the authors' StegaStamp ones, at 32 and 224 px.
 
     OMP_NUM_THREADS=2 python benchmarks/tokens_224.py [--sizes 32 224] [--rounds 5]
 

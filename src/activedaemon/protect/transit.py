@@ -5,7 +5,7 @@ encode / decode (quality drawn in ``jpeg_quality``) or small Gaussian noise, and
 An authorized image that crossed the channel must still wake the model; a clean image that
 crossed it must not (so the channel's artefacts are no key); the noise negatives of the token's
 size stay negatives. Without it, sigma 0.01 noise or JPEG 95 on an authorized image put the demo's
-model back to sleep although the decoder still reads the id (issue 5's `transit` attack).
+model back to sleep although the decoder still reads the id (the `transit` attack).
 """
 
 from __future__ import annotations
