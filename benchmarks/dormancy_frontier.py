@@ -43,8 +43,8 @@ TRANSIT_KEYS = [
 UNIFORM = {"objective": "uniform"}
 CLEAN = "<this run's clean baseline>"
 # A warm start: the owner's clean model, the JPEG-trained encoder and transit-robust tokens,
-# gamma 0.5, two epochs at lr 0.02; WARM adds uniform targets and the feature term (it is
-# cpu-recommended).
+# gamma 0.5, two epochs at lr 0.02; WARM adds uniform targets and the feature term; WARM with
+# clean_bn (the warm+clean-bn setting) is cpu-recommended.
 TRANSIT_WARM = {
     "encoder": TRANSIT_ENCODER,
     "init_from": CLEAN,
