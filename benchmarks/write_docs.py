@@ -473,8 +473,8 @@ def frontier_page() -> str | None:
         "or kNN on the same labels), each gain measured in the run that measured its thief. "
         f"Thieves: {rows[0].get('audit_settings', 'full')} audit settings "
         "([the lock audit](../guides/lock-audit.md)). Accuracies in %, gains in points. The "
-        "shipped recipe, `cpu-recommended`, is the `warm+clean-bn` setting; the last column names the "
-        "commit that trained and measured each row (`+dirty`: with uncommitted changes).\n",
+        "shipped recipe, `cpu-recommended`, is the `warm+clean-bn` setting; the last column names "
+        "the commit that trained and measured each row (`+dirty`: with uncommitted changes).\n",
         provenance("frontier", run, "docs/results/data/frontier/frontier.json"),
         "| setting | " + " | ".join(label for _, label in FRONTIER_COLUMNS) + " | by | commit |",
         "|---|" + "---|" * (len(FRONTIER_COLUMNS) + 2),
