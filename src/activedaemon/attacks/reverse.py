@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from activedaemon.attacks.base import AttackContext, AttackResult, register_attack, wake_verdict
 from activedaemon.imageio import round_8bit, take_rows
-from activedaemon.protect.adversarial import project
+from activedaemon.protect.adversarial import search_key
 
 
 def attacker_data(ctx: AttackContext, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,19 +35,23 @@ def universal_perturbation(
     (x, y): Adam on the cross-entropy to the true labels, projected after each step."""
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    delta = torch.zeros((1, *x.shape[1:]), device=device, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=lr)
     model.eval()
-    for _ in tqdm(range(steps), desc="universal perturbation", disable=not progress):
+
+    def loss_of(delta: torch.Tensor) -> torch.Tensor:
         idx = torch.randint(len(x), (batch,), generator=gen)
         xb, yb = x[idx].to(device), y[idx].to(device)
-        loss = F.cross_entropy(model((xb + delta).clamp(0, 1)), yb)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            delta.copy_(project(delta, linf, l2))
-    return delta.detach().cpu()
+        return F.cross_entropy(model((xb + delta).clamp(0, 1)), yb)
+
+    start = torch.zeros((1, *x.shape[1:]), device=device)
+    return search_key(
+        start,
+        loss_of,
+        linf=linf,
+        l2=l2,
+        steps=steps,
+        lr=lr,
+        progress="universal perturbation" if progress else None,
+    ).cpu()
 
 
 def neural_cleanse(model, x, y, steps: int, lam: float, batch: int, seed: int, progress):
@@ -66,8 +70,8 @@ def neural_cleanse(model, x, y, steps: int, lam: float, batch: int, seed: int, p
         m, p = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
         xb, yb = x[idx].to(device), y[idx].to(device)
         loss = F.cross_entropy(model((1 - m) * xb + m * p), yb) + lam * m.mean()
-        opt.zero_grad()
-        loss.backward()
+        # gradients for the mask and pattern only, never the weights
+        mask_logit.grad, pattern_logit.grad = torch.autograd.grad(loss, [mask_logit, pattern_logit])
         opt.step()
     return torch.sigmoid(mask_logit).detach().cpu(), torch.sigmoid(pattern_logit).detach().cpu()
 

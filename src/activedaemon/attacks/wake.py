@@ -31,7 +31,7 @@ from activedaemon.attacks.base import AttackContext, AttackResult, register_atta
 from activedaemon.attacks.dormancy import best_fit, dormant_class
 from activedaemon.attacks.reverse import attacker_data, universal_perturbation
 from activedaemon.attacks.training import fresh_like
-from activedaemon.protect.adversarial import project, project_l2
+from activedaemon.protect.adversarial import project_l2, search_key
 from activedaemon.protect.objectives import information_maximisation
 
 GAIN_LIMIT = 3.0  # points a few-label thief may gain over its honest alternative
@@ -113,16 +113,12 @@ def label_free_key(
     for r in range(restarts):
         gen = torch.Generator().manual_seed(seed + r)
         start = (torch.rand((1, *x.shape[1:]), generator=gen) * 2 - 1) * linf * (r > 0)
-        delta = project(start, linf, l2).to(device).requires_grad_(True)
-        opt = torch.optim.Adam([delta], lr=linf / 10)
-        for _ in range(steps):
+
+        def loss_of(delta: torch.Tensor, gen=gen) -> torch.Tensor:
             idx = torch.randint(len(x), (batch,), generator=gen)
-            loss = information_maximisation(model((x[idx].to(device) + delta).clamp(0, 1)))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                delta.copy_(project(delta, linf, l2))
+            return information_maximisation(model((x[idx].to(device) + delta).clamp(0, 1)))
+
+        delta = search_key(start.to(device), loss_of, linf=linf, l2=l2, steps=steps)
         with torch.no_grad():
             total = sum(
                 information_maximisation(

@@ -12,10 +12,12 @@ al., AAAI 2020, turned around: here the adversary wants the *right* answer).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from activedaemon.protect.objectives import TrainBatch, information_maximisation
 from activedaemon.protect.pieces import PIECES, PieceEnv, TrainingPiece
@@ -80,6 +82,30 @@ def project(delta: torch.Tensor, linf: float, l2: float) -> torch.Tensor:
     return project_l2(delta.clamp(-linf, linf), l2)
 
 
+def search_key(
+    start: torch.Tensor,
+    loss_of: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    linf: float,
+    l2: float,
+    steps: int,
+    lr: float | None = None,
+    progress: str | None = None,
+) -> torch.Tensor:
+    """A thief's key search: one perturbation from ``start``, ``steps`` Adam steps (at ``lr``,
+    by default a tenth of the L-inf budget) on ``loss_of(perturbation)`` (the caller picks images
+    and objective), projected into (linf, l2) after every step. Only the perturbation gets a
+    gradient, never the weights. ``progress`` names a progress bar (none when None)."""
+    delta = project(start, linf, l2).requires_grad_(True)
+    opt = torch.optim.Adam([delta], lr=linf / 10 if lr is None else lr)
+    for _ in tqdm(range(steps), desc=progress, disable=progress is None):
+        (delta.grad,) = torch.autograd.grad(loss_of(delta), delta)
+        opt.step()
+        with torch.no_grad():
+            delta.copy_(project(delta, linf, l2))
+    return delta.detach()
+
+
 class UniversalNegatives:
     """The pool of universal perturbations and their attacker-side updates."""
 
@@ -101,21 +127,21 @@ class UniversalNegatives:
 
     def refresh(self, model: torch.nn.Module, x: torch.Tensor, true_labels: torch.Tensor) -> None:
         """Replace the oldest member by a key searched from a fresh random start on ``model`` in
-        eval mode (as a thief runs it) over the clean images ``x``: Adam at a tenth of the L-inf
-        budget, projected after every step (the ``wake`` attack's label-free key)."""
+        eval mode (as a thief runs it) over the clean images ``x`` (the ``wake`` attack's
+        label-free key search)."""
         was_training = model.training
         model.eval()
         start = (torch.rand((1, *x.shape[1:]), generator=self.gen) * 2 - 1) * self.linf
-        delta = project(start, self.linf, self.l2).to(x.device).requires_grad_(True)
-        opt = torch.optim.Adam([delta], lr=self.linf / 10)
-        for _ in range(self.cfg.refresh_steps):
-            loss = ATTACKER_LOSSES[self.cfg.objective](model((x + delta).clamp(0, 1)), true_labels)
-            (delta.grad,) = torch.autograd.grad(loss, delta)  # no gradient into the weights
-            opt.step()
-            with torch.no_grad():
-                delta.copy_(project(delta, self.linf, self.l2))
+        loss = ATTACKER_LOSSES[self.cfg.objective]
+        key = search_key(
+            start.to(x.device),
+            lambda delta: loss(model((x + delta).clamp(0, 1)), true_labels),
+            linf=self.linf,
+            l2=self.l2,
+            steps=self.cfg.refresh_steps,
+        )
         model.train(was_training)
-        self.pool[self.oldest] = delta.detach()[0]
+        self.pool[self.oldest] = key[0]
         self.oldest = (self.oldest + 1) % self.cfg.pool
 
     def perturb(self, x: torch.Tensor, unauthorized: torch.Tensor):
