@@ -40,15 +40,16 @@ class CleanReferencedBatchNorm(nn.BatchNorm2d):
         if not self.training or rows is None or not rows.any():
             return super().forward(x)
         ref = x[rows]
-        mean, var = ref.mean((0, 2, 3)), ref.var((0, 2, 3), unbiased=False)
+        var, mean = torch.var_mean(ref, (0, 2, 3), unbiased=False)
         with torch.no_grad():  # as nn.BatchNorm2d does: the unbiased variance is the one kept
             n = ref.numel() / ref.shape[1]
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(var.detach() * n / max(n - 1, 1), self.momentum)
             self.num_batches_tracked += 1
-        shape = (1, -1, 1, 1)
-        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return out * self.weight.view(shape) + self.bias.view(shape)
+        # one pass over the batch: x * scale + shift per channel (gradients reach mean and var)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        return torch.addcmul(shift.view(1, -1, 1, 1), x, scale.view(1, -1, 1, 1))
 
 
 @PIECES.register("clean_bn")
