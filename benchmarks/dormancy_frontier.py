@@ -133,6 +133,13 @@ SETTINGS = {
     # BatchNorm trained under the clean rows' statistics: re-estimating them on clean images (a
     # thief's free first step) finds what the model was trained with.
     "warm+clean-bn": {**WARM, "clean_bn": {"enabled": True}},
+    # the shipped recipe plus Gaussian noise on unauthorized rows (the randomized-smoothing step
+    # of Authority Backdoor): dormancy trained over a cloud around each clean image, not a point
+    "warm+clean-bn+smoothing": {
+        **WARM,
+        "clean_bn": {"enabled": True},
+        "smoothing": {"fraction": 0.5, "sigma": 0.05},
+    },
     "warm-plain+key-im": {
         **{k: v for k, v in WARM.items() if k not in ("encoder", "transit")},
         "adversarial": {"fraction": 0.5, "objective": "im", "budget_scale": 1.0},
