@@ -42,6 +42,9 @@ TRANSIT_KEYS = [
 ]
 UNIFORM = {"objective": "uniform"}
 CLEAN = "<this run's clean baseline>"
+# An encoder whose tokens are bound to their image (trained with w_mismatch: the decoder reads
+# nothing from a token moved to another image); a path given by --bound-encoder.
+BOUND_ENCODER = "<--bound-encoder>"
 # A warm start: the owner's clean model, the JPEG-trained encoder and transit-robust tokens,
 # gamma 0.5, two epochs at lr 0.02; WARM adds uniform targets and the feature term; WARM with
 # clean_bn (the warm+clean-bn setting) is cpu-recommended.
@@ -140,6 +143,17 @@ SETTINGS = {
         "clean_bn": {"enabled": True},
         "smoothing": {"fraction": 0.5, "sigma": 0.05},
     },
+    # The encoder-side lever against keys and moved tokens: tokens bound to their image (no
+    # transit: neither encoder is trained for JPEG), beside the same recipe with the plain encoder.
+    "plain+clean-bn": {
+        **{k: v for k, v in WARM.items() if k not in ("encoder", "transit")},
+        "clean_bn": {"enabled": True},
+    },
+    "bound+clean-bn": {
+        **{k: v for k, v in WARM.items() if k not in ("encoder", "transit")},
+        "clean_bn": {"enabled": True},
+        "encoder": BOUND_ENCODER,
+    },
     "warm-plain+key-im": {
         **{k: v for k, v in WARM.items() if k not in ("encoder", "transit")},
         "adversarial": {"fraction": 0.5, "objective": "im", "budget_scale": 1.0},
@@ -166,6 +180,10 @@ def setting_config(
         overrides = {"min_steps": 0, **overrides}  # an explicit epoch count is exact
     if overrides.get("init_from") == CLEAN:
         overrides = {**overrides, "init_from": str(args.out / "clean")}
+    if overrides.get("encoder") == BOUND_ENCODER:
+        if args.bound_encoder is None:
+            raise SystemExit("this setting needs --bound-encoder PATH (a train-encoder run)")
+        overrides = {**overrides, "encoder": str(args.bound_encoder)}
     return resolve_config(preset, flags=flags, overrides=overrides, fixed=fixed)
 
 
@@ -258,6 +276,11 @@ def main() -> None:
         "(1 %% labels, budgets 0.5x and 1x, 500 queries, no SHOT)",
     )
     parser.add_argument("--reverse-steps", type=int, default=1000, help="0 skips `reverse`")
+    parser.add_argument(
+        "--bound-encoder",
+        type=Path,
+        help="the encoder of the bound+ settings: a train-encoder run with w_mismatch > 0",
+    )
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument(
         "--clean-only", action="store_true", help="train the clean baseline and stop"
