@@ -595,7 +595,7 @@ def target_rows(demo: dict, thieves: dict, audit: dict) -> list[tuple[str, str, 
     probe = _largest(dormancy, "probe", ("_p1", "_p10"))
     if probe:
         add("every linear probe within +3 of random weights (1 %, 10 % labels)", probe[0], 3,
-            "full audit", f"+{probe[0]:.2f} ({probe[1]})")  # fmt: skip
+            "full audit", f"{probe[0]:+.2f} ({probe[1]})")  # fmt: skip
     for b in ("0.5", "1", "2"):
         value = wake.get(f"per_query_x{b}")
         limit = "<= A_ud + 10" if b == "0.5" else "reported"
@@ -612,11 +612,11 @@ def target_rows(demo: dict, thieves: dict, audit: dict) -> list[tuple[str, str, 
     few += [(metrics["gain_shot"], "shot")] if "gain_shot" in metrics else []
     for gain, name in [g for g in few if g]:
         add(f"few-label thief within +3 of its alternative (1 %, 10 %): {name}", gain, 3,
-            "full audit", f"+{gain:.2f}")  # fmt: skip
+            "full audit", f"{gain:+.2f}")  # fmt: skip
     for prefix in ("finetune", "labelled_key"):
         gain = metrics.get(f"gain_{prefix}_p0.2")
         if gain is not None:
-            rows.append((f"0.2 % of the labels ({prefix}): reported", f"+{gain:.2f}", "-",
+            rows.append((f"0.2 % of the labels ({prefix}): reported", f"{gain:+.2f}", "-",
                          "full audit"))  # fmt: skip
     return rows
 
