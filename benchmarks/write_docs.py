@@ -508,22 +508,21 @@ def frontier_page() -> str | None:
 def frontier_misses(row: dict) -> str:
     """The quick-audit targets one frontier row misses, each with the amount."""
     a_ud = row.get("A_ud")
+    above_ud = (lambda points: None) if a_ud is None else (lambda points: a_ud + points)
     limits = [
         ("A_od", row.get("A_od"), -1, False),
         ("runner-up", row.get("runner_up"), 15, True),
-        ("BatchNorm", row.get("bn_output"), None if a_ud is None else a_ud + 3, True),
-        ("per-query 0.5x", row.get("per_query_x0.5"), None if a_ud is None else a_ud + 10, True),
-        ("key 1x", row.get("label_free_key_x1"), None if a_ud is None else a_ud + 10, True),
+        ("BatchNorm", row.get("bn_output"), above_ud(3), True),
+        ("per-query 0.5x", row.get("per_query_x0.5"), above_ud(10), True),
+        ("key 1x", row.get("label_free_key_x1"), above_ud(10), True),
         ("probe", row.get("max_probe_gain"), 3, True),
     ]
     missed, unmeasured = [], []
     for name, value, limit, above in limits:
         if value is None or limit is None:
             unmeasured.append(name)
-            continue
-        miss = value - limit if above else limit - value
-        if miss > 0:
-            missed.append(f"{name} by {miss:.2f}")
+        elif shortfall(value, limit, above) > 0:
+            missed.append(f"{name} by {shortfall(value, limit, above):.2f}")
     text = ", ".join(missed) or "none"
     return text + (f" (not measured: {', '.join(unmeasured)})" if unmeasured else "")
 
@@ -555,6 +554,12 @@ def _largest(metrics: dict, prefix: str, tags: tuple[str, ...]) -> tuple[float, 
     return max(found) if found else None
 
 
+def shortfall(value: float, limit: float, above: bool = True) -> float:
+    """How far ``value`` misses a target (<= 0: met): the target is value <= limit when
+    ``above`` (a thief's figure), value >= limit otherwise (A_od)."""
+    return value - limit if above else limit - value
+
+
 def target_rows(demo: dict, thieves: dict, audit: dict) -> list[tuple[str, str, str, str]]:
     """(target, measured, met or by how much it is missed, source) for every target the lock is
     held to, from the demo's results and quick audit and the full audit of the same recipe."""
@@ -569,7 +574,7 @@ def target_rows(demo: dict, thieves: dict, audit: dict) -> list[tuple[str, str, 
     def add(target, value, limit, source, shown=None, above=True):
         if value is None:
             return rows.append((target, "not measured", "-", source))
-        miss = value - limit if above else limit - value
+        miss = shortfall(value, limit, above)
         met = "met" if miss <= 0 else f"missed by {miss:.2f}"
         rows.append((target, shown or fmt(float(value)), met, source))
 
